@@ -1,0 +1,150 @@
+"""The block contract: what a block is and what flows between blocks.
+
+A dataflow is one Source, any number of FileSteps, one Transform and one Sink, in that order::
+
+    Source.list_files() -> [RemoteFile]        (one file is the unit of work)
+    Source.download(file, path) -> sha256
+    FileStep.apply(path, workdir) -> path      (decrypt, ...; raises FileRejected)
+    Transform.read(path) -> RowStream          (chunks of rows; bad rows are values)
+    Template.build_requests(chunk) -> [Request]
+    Sink.send(requests, on_result)             (async; one RecordResult per source line)
+    Source.upload_error_file(...), Source.move_original(...)
+
+Each block type is one module in `dataflow.blocks` with a `Config` model (a `BlockConfig`)
+that declares every key once; that model drives validation, the docs and secret handling.
+Blocks get their config and a `RunContext`, open their resources in `open()` and release them
+in `close()`, and translate library exceptions into `dataflow.errors` at their boundary.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from dataflow.rows import Chunk, RecordResult, Request
+from dataflow.templates import Template
+
+BlockKind = Literal["source", "step", "transform", "sink"]
+
+# (relative YAML path inside the block, message)
+CheckProblem = tuple[tuple[str | int, ...], str]
+
+
+class BlockConfig(BaseModel):
+    """Keys every block has. Subclasses add their own; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: str
+    enabled: bool = True
+
+    def check(self, template: Template) -> list[CheckProblem]:
+        """Cross-checks that need the template (mandatory fields, ...). Override as needed."""
+        return []
+
+
+@dataclass
+class RunContext:
+    """What a block may know about the run it is part of."""
+
+    dataflow: str
+    template: Template
+    workdir: Path  # private (mode 700), removed at the end of the run
+    base_dir: Path  # the dataflow file's folder: relative paths are resolved against it
+    dry_run: bool = False
+
+
+class Block(abc.ABC):
+    kind: ClassVar[BlockKind]
+    Config: ClassVar[type[BlockConfig]]
+
+    def __init__(self, config: Any, context: RunContext) -> None:
+        self.config = config
+        self.context = context
+
+    def open(self) -> None:
+        """Acquire resources (connections, keyrings). Called once per run."""
+
+    def close(self) -> None:
+        """Release everything `open` acquired; must be safe to call after a failed open."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # full path on the server
+    name: str  # base name
+    size: int
+    mtime: int
+    ok_path: str | None = None  # the companion X.ok, when ok_file is on
+
+
+class Source(Block):
+    kind = "source"
+
+    @abc.abstractmethod
+    def list_files(self) -> list[RemoteFile]:
+        """Files ready to process, oldest first."""
+
+    @abc.abstractmethod
+    def download(self, file: RemoteFile, dest: Path) -> str:
+        """Stream `file` to `dest`; return the SHA-256 hex digest of its bytes."""
+
+    @abc.abstractmethod
+    def upload_error_file(self, local: Path, name: str) -> str:
+        """Upload atomically to the error directory under `name`; return the final path."""
+
+    @abc.abstractmethod
+    def move_original(self, file: RemoteFile, failed: bool) -> str:
+        """Move the original (and its .ok) to processed (or error) directory; return its path."""
+
+    def prepare(self, path: Path, workdir: Path) -> Path:
+        """Source-specific unpacking after the file steps (unzip); default: nothing."""
+        return path
+
+
+class FileStep(Block):
+    kind = "step"
+
+    @abc.abstractmethod
+    def apply(self, path: Path, workdir: Path) -> Path:
+        """Turn one local file into another (decrypt, ...). Raise FileRejected on failure."""
+
+
+class RowStream(abc.ABC):
+    """An open source file: its column names, then its chunks."""
+
+    columns: list[str]
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Chunk]: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the file."""
+
+
+class Transform(Block):
+    kind = "transform"
+
+    @abc.abstractmethod
+    def read(self, path: Path) -> RowStream:
+        """Open `path` and check its header; raise FileRejected if it cannot be used."""
+
+
+OnResult = Callable[[Request, list[RecordResult]], None]
+
+
+class Sink(Block):
+    kind = "sink"
+
+    @abc.abstractmethod
+    async def send(self, requests: AsyncIterator[Request], on_result: OnResult) -> None:
+        """Send every request; report each one's per-line results through `on_result`.
+
+        Raises FatalError (bad credentials, retries exhausted) to stop the run.
+        """

@@ -1,0 +1,1 @@
+"""Built-in blocks, one module per block type."""

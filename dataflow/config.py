@@ -1,0 +1,204 @@
+"""Dataflow files: load, interpolate, validate; every problem at once, with its line.
+
+``load_dataflow(path)`` returns a `Dataflow` or raises `ConfigError` holding every problem as
+``file:line: yaml.path: message``. Nothing connects anywhere during validation.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from dataflow import redact
+from dataflow.block import Block, BlockConfig
+from dataflow.errors import ConfigError
+from dataflow.registry import block_types
+from dataflow.templates import TEMPLATES, Template
+from dataflow.trigger import TriggerConfig
+from dataflow.yamlsource import Document, YamlPath, load
+
+ORDER = {"source": 0, "step": 1, "transform": 2, "sink": 3}
+
+
+class DataflowModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=100)
+    template: str
+    enabled: bool = True
+    trigger: TriggerConfig | None = None
+    blocks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    cls: type[Block]
+    config: BlockConfig
+
+
+@dataclass(frozen=True)
+class Dataflow:
+    path: Path
+    model: DataflowModel
+    template: Template
+    blocks: tuple[BlockSpec, ...]  # enabled blocks only, in order
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+def load_dataflow(path: str | Path, env: Mapping[str, str] | None = None) -> Dataflow:
+    doc = load(path, env)
+    if doc.problems and doc.data is None:
+        raise ConfigError(doc.problems)
+    if not isinstance(doc.data, dict):
+        doc.problem((), "a dataflow file must be a mapping of keys (version, name, ...)")
+        raise ConfigError(doc.problems)
+    model = _validate(doc, DataflowModel, doc.data, ())
+    template = None
+    if model is not None:
+        template = TEMPLATES.get(model.template)
+        if template is None:
+            doc.problem(("template",), _unknown("template", model.template, list(TEMPLATES)))
+    specs = _validate_blocks(doc, doc.data.get("blocks"), template)
+    if doc.problems or model is None or template is None:
+        raise ConfigError(sorted(doc.problems, key=lambda p: p.line))
+    _register_secrets(model, *(s.config for s in specs))
+    enabled = tuple(s for s in specs if s.config.enabled)
+    return Dataflow(Path(path), model, template, enabled)
+
+
+def _validate_blocks(doc: Document, raw: Any, template: Template | None) -> list[BlockSpec]:
+    if not isinstance(raw, list):
+        return []  # the model's validation already reported it
+    specs: list[BlockSpec] = []
+    names: dict[str, int] = {}
+    types_ = block_types()
+    for i, item in enumerate(raw):
+        path: YamlPath = ("blocks", i)
+        if not isinstance(item, dict):
+            doc.problem(path, "a block must be a mapping with at least name and type")
+            continue
+        type_name = item.get("type")
+        if not isinstance(type_name, str):
+            doc.problem(path, "required key 'type' is missing")
+            continue
+        cls = types_.get(type_name)
+        if cls is None:
+            doc.problem((*path, "type"), _unknown("block type", type_name, list(types_)))
+            continue
+        config = _validate(doc, cls.Config, item, path)
+        if config is None:
+            continue
+        if config.name in names:
+            doc.problem((*path, "name"), f"block name {config.name!r} is already used by "
+                                         f"blocks[{names[config.name]}]")
+        names[config.name] = i
+        if template is not None:
+            for sub, message in config.check(template):
+                doc.problem((*path, *sub), message)
+        specs.append(BlockSpec(cls, config))
+    _check_order(doc, specs, raw)
+    return specs
+
+
+def _check_order(doc: Document, specs: list[BlockSpec], raw: list[Any]) -> None:
+    if len(specs) != len(raw):
+        return  # a block already failed; order problems would only add noise
+    kinds = [s.cls.kind for s in specs]
+    for kind, label in (("source", "a source (sftp_read)"), ("transform", "a transform"
+                        " (field_mapping)"), ("sink", "a destination (http_write)")):
+        count = kinds.count(kind)
+        if count != 1:
+            doc.problem(("blocks",), f"a dataflow needs exactly one {label}; found {count}")
+    ranks = [ORDER[k] for k in kinds]
+    for i in range(1, len(ranks)):
+        if ranks[i] < ranks[i - 1]:
+            doc.problem(("blocks", i), "blocks must run source, then steps (pgp_decrypt), then "
+                                       f"transform, then destination; {kinds[i]} comes too late")
+            break
+
+
+def _validate(doc: Document, model: type[Any], data: Any, prefix: YamlPath) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            path = (*prefix, *loc)
+            doc.problem(path, _message(err, model, loc))
+        return None
+
+
+def _message(err: Any, model: type[Any], loc: tuple[Any, ...]) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return f"required key '{loc[-1]}' is missing" if loc else "required key is missing"
+    if kind == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        fields = list(owner.model_fields) if owner is not None else []
+        return _unknown("key", str(loc[-1]), fields)
+    message = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _unknown(what: str, value: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(known)}"
+    return f"unknown {what} '{value}'{hint}"
+
+
+def _model_at(model: type[Any], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the keys at `loc` (for 'did you mean')."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return None
+        current = _model_in(info.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, dict, typing.Annotated):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _register_secrets(*models: BaseModel) -> None:
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            redact.register(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+
+    for model in models:
+        walk(model)

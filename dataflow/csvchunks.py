@@ -1,0 +1,297 @@
+"""Stream a delimited text file in chunks, knowing every row's line number.
+
+Fast path: a block of complete lines is parsed by Arrow (every column as text). When the block
+holds no multi-line record, each physical line is exactly one row, so line numbers follow
+from the lines Arrow reported as malformed. Slow path, only for blocks with a value spanning
+lines (or a stray CR): Python's csv module, record by record, which can also pull lines past
+the block for a quoted value that crosses it. A broken quote never swallows the rest of the
+file: a malformed record that spans lines is reported as its first line, and parsing resumes
+on the next line.
+
+Yields `Block`s: the rows as a DataFrame of strings indexed by line number, the malformed
+lines (line number, text, reason), and how many blank lines were skipped.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from dataflow.errors import FileRejected
+
+MAX_RECORD_LINES = 1000  # a quoted value longer than this is taken as a broken quote
+
+
+@dataclass
+class Block:
+    rows: pd.DataFrame  # index: line number
+    malformed: list[tuple[int, str, str]] = field(default_factory=list)
+    blank: int = 0
+
+
+class _TooLong(Exception):
+    pass
+
+
+class CsvChunks:
+    """Open `path` and read its header (unless `headers` is given for a headerless file)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        delimiter: str = ",",
+        encoding: str = "utf-8",
+        headers: list[str] | None = None,
+        block_chars: int = 4 << 20,
+    ) -> None:
+        codec = codecs.lookup(encoding).name
+        self._fh = path.open(
+            encoding="utf-8-sig" if codec == "utf-8" else encoding, newline="", errors="strict"
+        )
+        self.delimiter = delimiter
+        self.block_chars = block_chars
+        self._pending = ""
+        self._eof = False
+        self.next_line = 1
+        try:
+            if headers is None:
+                self.columns = self._read_header()
+            else:
+                self.columns = list(headers)
+        except BaseException:
+            self._fh.close()
+            raise
+        seen: set[str] = set()
+        for name in self.columns:
+            if name in seen:
+                self.close()
+                raise FileRejected(f"the header names column {name!r} twice")
+            seen.add(name)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    # -- raw text ---------------------------------------------------------------------------
+
+    def _read(self, size: int) -> str:
+        try:
+            return self._fh.read(size)
+        except UnicodeDecodeError as exc:
+            raise FileRejected(
+                f"the file is not valid {exc.encoding} (byte 0x{exc.object[exc.start]:02x} "
+                "after line {self.next_line}); set `encoding:` on the field_mapping block"
+            ) from exc
+
+    def _readline(self) -> str:
+        """One more line (for a record that crosses the block), '' at end of file."""
+        while "\n" not in self._pending and not self._eof:
+            more = self._read(1 << 16)
+            if not more:
+                self._eof = True
+            self._pending += more
+        cut = self._pending.find("\n") + 1 or len(self._pending)
+        line, self._pending = self._pending[:cut], self._pending[cut:]
+        return line
+
+    def _next_text(self) -> str:
+        """Complete lines worth about `block_chars`, '' at end of file."""
+        text = self._pending
+        if not self._eof:
+            more = self._read(self.block_chars)
+            if not more:
+                self._eof = True
+            text += more
+        cut = len(text) if self._eof else text.rfind("\n") + 1
+        if cut == 0 and not self._eof:  # a single line longer than a block
+            self._pending = text
+            return self._readline()
+        block, self._pending = text[:cut], text[cut:]
+        return block
+
+    def _read_header(self) -> list[str]:
+        line = self._readline()
+        if not line.strip():
+            raise FileRejected("the file is empty or its first line (the header) is blank")
+        try:
+            header = next(csv.reader([line], delimiter=self.delimiter, strict=True))
+        except csv.Error as exc:
+            raise FileRejected(f"line 1: the header is not valid CSV: {exc}") from exc
+        self.next_line = 2
+        return [name.strip() for name in header]
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Block]:
+        while True:
+            text = self._next_text()
+            if not text:
+                return
+            first = self.next_line
+            block = self._fast(text, first)
+            if block is None:
+                block = self._slow(text, first)
+            else:
+                self.next_line = first + _count_lines(text)
+            yield block
+
+    def _fast(self, text: str, first: int) -> Block | None:
+        if "\r" in text and text.count("\r") != text.count("\r\n"):
+            return None  # a stray CR: Arrow would end a row there
+        invalid: list[tuple[int | None, str]] = []
+
+        def handler(row: Any) -> str:
+            invalid.append((row.number, row.text))
+            return "skip"
+
+        ncols = len(self.columns)
+        data = text.encode("utf-8")
+        try:
+            table = pa_csv.read_csv(
+                io.BytesIO(data),
+                read_options=pa_csv.ReadOptions(
+                    column_names=[f"c{i}" for i in range(ncols)],
+                    use_threads=False,
+                    block_size=len(data) + 1,
+                ),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=self.delimiter,
+                    invalid_row_handler=handler,
+                    ignore_empty_lines=False,
+                    newlines_in_values=False,
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={f"c{i}": pa.string() for i in range(ncols)},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowException):
+            return None
+        if any(number is None or "\n" in t or "\r" in t for number, t in invalid):
+            return None
+        if '"' in text and _any_newline(table):
+            return None
+        nlines = _count_lines(text)
+        if table.num_rows + len(invalid) != nlines:
+            return None  # something we did not foresee: take the exact path
+        bad = {int(number) for number, _ in invalid if number is not None}
+        lines = [first + i for i in range(nlines) if (i + 1) not in bad]
+        malformed = [
+            (first + int(n) - 1, t, _count_reason(t, ncols, self.delimiter))
+            for n, t in invalid
+            if n is not None
+        ]
+        frame = table.rename_columns(self.columns).to_pandas()
+        frame.index = pd.Index(lines, dtype="int64")
+        return _drop_blank(Block(frame, malformed))
+
+    def _slow(self, text: str, first: int) -> Block:
+        ncols = len(self.columns)
+        pending = deque(text.splitlines(keepends=True))
+        rows: list[list[str]] = []
+        linenos: list[int] = []
+        malformed: list[tuple[int, str, str]] = []
+        blank = 0
+        line_no = first
+        while pending:
+            consumed: list[str] = []
+
+            def feed(consumed: list[str] = consumed) -> Iterator[str]:
+                while True:
+                    line = pending.popleft() if pending else self._readline()
+                    if not line:
+                        return
+                    consumed.append(line)
+                    if len(consumed) > MAX_RECORD_LINES:
+                        raise _TooLong
+                    yield line
+
+            error = ""
+            record: list[str] | None
+            try:
+                record = next(csv.reader(feed(), delimiter=self.delimiter, strict=True))
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                record, error = None, f"broken quoting ({exc})"
+            except _TooLong:
+                record, error = None, "unterminated quote"
+            span = len(consumed)
+            if record is not None and len(record) == ncols:
+                rows.append(record)
+                linenos.append(line_no)
+            elif span > 1:
+                # a broken quote: report the first line, parse again from the second
+                raw = consumed[0].rstrip("\r\n")
+                malformed.append((line_no, raw, "unterminated quote"))
+                pending.extendleft(reversed(consumed[1:]))
+                span = 1
+            elif record is not None and (record == [] or not "".join(record).strip()):
+                blank += 1
+            else:
+                raw = consumed[0].rstrip("\r\n") if consumed else ""
+                reason = error or f"expected {ncols} fields, found {len(record or [])}"
+                malformed.append((line_no, raw, reason))
+            line_no += span
+        self.next_line = line_no
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in self.columns]
+        frame = pd.DataFrame(
+            {name: pd.array(list(col), dtype="str") for name, col in zip(self.columns, columns,
+                                                                          strict=True)},
+            index=pd.Index(linenos, dtype="int64"),
+        )
+        return _drop_blank(Block(frame, malformed, blank))
+
+
+def _count_lines(text: str) -> int:
+    return text.count("\n") + (0 if text.endswith("\n") else 1)
+
+
+def _any_newline(table: pa.Table) -> bool:
+    import pyarrow.compute as pc
+
+    for column in table.columns:
+        if pc.any(pc.match_substring(column, "\n")).as_py():
+            return True
+        if pc.any(pc.match_substring(column, "\r")).as_py():
+            return True
+    return False
+
+
+def _count_reason(text: str, ncols: int, delimiter: str) -> str:
+    try:
+        found = len(next(csv.reader([text], delimiter=delimiter)))
+    except (csv.Error, StopIteration):
+        return "malformed CSV (broken quoting)"
+    if text.count('"') % 2:
+        return "unterminated quote"
+    return f"expected {ncols} fields, found {found}"
+
+
+def _drop_blank(block: Block) -> Block:
+    """Lines with nothing but delimiters and spaces are counted as blank, not as rows."""
+    frame = block.rows
+    if len(frame) and len(frame.columns):
+        empty = frame.apply(lambda col: col.str.strip() == "").all(axis=1)
+        if empty.any():
+            block.blank += int(empty.sum())
+            block.rows = frame[~empty]
+    still = []
+    for line_no, raw, reason in block.malformed:
+        if raw.strip(" \t\r" + "\n"):
+            still.append((line_no, raw, reason))
+        else:
+            block.blank += 1
+    block.malformed = still
+    return block

@@ -1,0 +1,60 @@
+"""The exception tree, classified by what the engine does next.
+
+    DataflowError
+    ├── ConfigError            the dataflow file is invalid: nothing runs (exit 2)
+    ├── FatalError             stop the run, keep the current file for the next run (exit 1)
+    │   └── AuthError          the credentials were refused (SFTP, OAuth, Basic)
+    ├── FileRejected           this file cannot be processed: it goes to error_directory with a
+    │                          one-row error file, and the next file goes on
+    └── TransientError         a network hiccup: retried by the block that raised it, surfaces as
+                               FatalError when retries are exhausted
+
+A bad *row* is never an exception: it is a value (`dataflow.rows.RowError`) routed to the error
+file. Foreign exceptions (paramiko, gnupg, httpx, pyarrow) are translated at the block boundary
+with ``raise OurError(...) from exc``; their messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DataflowError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a dataflow file, located at a YAML path and a line."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.path}: {self.message}"
+
+
+class ConfigError(DataflowError):
+    """The dataflow file is invalid. Holds every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class FatalError(DataflowError):
+    """Stop the run now; the file being processed stays where it is for the next run."""
+
+
+class AuthError(FatalError):
+    """Credentials were refused by a server."""
+
+
+class FileRejected(DataflowError):
+    """This file cannot be processed (decrypt, parse, header); it goes to error_directory."""
+
+
+class TransientError(DataflowError):
+    """A recoverable failure (timeout, connection reset, 5xx) worth retrying."""

@@ -1,0 +1,141 @@
+"""Capillary API authentication: an OAuth token (cached, renewed) or Basic.
+
+OAuth: ``POST {base_url}/v3/oauth/token/generate`` with ``{"key", "secret"}`` answers
+``{"data": {"accessToken", "expiresIn"}}``; the token goes in ``X-CAP-API-OAUTH-TOKEN``. It is
+renewed a minute (or a tenth of its life, whichever is less) before it expires, and once more
+when the API answers 401 or 498.
+
+Basic: ``Authorization: Basic base64(username:md5hex(password))``, as Capillary expects.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import hashlib
+import logging
+import time
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from dataflow.errors import AuthError, FatalError
+from dataflow.ratelimit import backoff
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-CAP-API-OAUTH-TOKEN"
+
+
+class OAuthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["oauth"]
+    client_key: SecretStr
+    client_secret: SecretStr
+    token_endpoint: str = "/v3/oauth/token/generate"
+
+
+class BasicConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["basic"]
+    username: str
+    password: SecretStr
+
+
+class Auth(abc.ABC):
+    """Headers for a request; `invalidate` is called once after a 401/498."""
+
+    renewable = False
+
+    @abc.abstractmethod
+    async def headers(self, client: httpx.AsyncClient) -> dict[str, str]:
+        """The authentication headers for the next request."""
+
+    def invalidate(self, used: dict[str, str]) -> None:  # noqa: B027 - optional hook
+        """Forget the credentials in `used` (they were refused)."""
+
+
+class BasicAuth(Auth):
+    def __init__(self, config: BasicConfig) -> None:
+        digest = hashlib.md5(config.password.get_secret_value().encode()).hexdigest()
+        token = base64.b64encode(f"{config.username}:{digest}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}"}
+
+    async def headers(self, client: httpx.AsyncClient) -> dict[str, str]:
+        return self._headers
+
+
+class OAuthToken(Auth):
+    renewable = True
+
+    def __init__(self, config: OAuthConfig, max_retries: int) -> None:
+        self.config = config
+        self.max_retries = max_retries
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def headers(self, client: httpx.AsyncClient) -> dict[str, str]:
+        if self._token is None or time.monotonic() >= self._renew_at:
+            async with self._lock:
+                if self._token is None or time.monotonic() >= self._renew_at:
+                    await self._fetch(client)
+        assert self._token is not None
+        return {TOKEN_HEADER: self._token}
+
+    def invalidate(self, used: dict[str, str]) -> None:
+        if used.get(TOKEN_HEADER) == self._token:
+            self._token = None
+
+    async def _fetch(self, client: httpx.AsyncClient) -> None:
+        body = {
+            "key": self.config.client_key.get_secret_value(),
+            "secret": self.config.client_secret.get_secret_value(),
+        }
+        attempt = 0
+        while True:
+            try:
+                response = await client.post(self.config.token_endpoint, json=body)
+            except httpx.TransportError as exc:
+                attempt += 1
+                if attempt > self.max_retries:
+                    raise FatalError(
+                        f"cannot reach the OAuth token endpoint: {type(exc).__name__}"
+                    ) from exc
+                await asyncio.sleep(backoff(attempt))
+                continue
+            if response.status_code in (400, 401, 403):
+                raise AuthError(
+                    f"the OAuth token request was refused (HTTP {response.status_code}); "
+                    "check client_key and client_secret"
+                )
+            if response.status_code >= 500 and attempt < self.max_retries:
+                attempt += 1
+                await asyncio.sleep(backoff(attempt))
+                continue
+            break
+        token, ttl = _parse_token(response)
+        self.fetches += 1
+        self._token = token
+        self._renew_at = time.monotonic() + ttl - min(60.0, ttl / 10)
+        log.info("obtained an OAuth token (valid %ds)", ttl)
+
+
+def _parse_token(response: httpx.Response) -> tuple[str, float]:
+    try:
+        payload: Any = response.json()
+        data = payload.get("data") or payload
+        token = data.get("accessToken") or data.get("access_token")
+        ttl = float(data.get("expiresIn") or data.get("expires_in") or 3600)
+    except (ValueError, AttributeError, TypeError):
+        token, ttl = None, 0.0
+    if response.status_code != 200 or not isinstance(token, str) or not token:
+        raise FatalError(
+            f"the OAuth token endpoint answered HTTP {response.status_code} without a token"
+        )
+    return token, max(ttl, 1.0)

@@ -1,0 +1,62 @@
+"""What flows between blocks: chunks of rows with their source line numbers.
+
+A *chunk* is a slice of one source file: the source values of every row (as text, indexed by
+the row's line number in the decrypted file, header = line 1), the mapped API records of the
+rows that passed every rule, and the rows that did not (`RowError`, a value, never an
+exception). Chunks are bounded in size, so memory does not grow with the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+STAGE_TRANSFORM = "transform"
+STAGE_DESTINATION = "destination"
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One rejected or failed row, destined for the error file."""
+
+    line_no: int
+    stage: str  # transform | destination
+    message: str
+    status_code: str = ""
+    raw: str | None = None  # the raw text of a malformed line (its fields are unknown)
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of one file after mapping."""
+
+    source: pd.DataFrame  # every well-formed row's source values, index = line number
+    records: pd.DataFrame  # API fields of the valid rows, index = line number
+    errors: list[RowError] = field(default_factory=list)
+    filtered: int = 0  # blank lines: counted, never sent, not errors
+
+    @property
+    def total(self) -> int:
+        """Rows this chunk accounts for: records + errors + filtered."""
+        return len(self.records) + len(self.errors) + self.filtered
+
+
+@dataclass(frozen=True)
+class Request:
+    """One API call's worth of records, with the source lines it carries."""
+
+    line_nos: tuple[int, ...]
+    body: bytes  # serialised JSON
+    source: pd.DataFrame  # source values of the chunk these lines came from
+    group: tuple[str, ...] = ()  # the grouping key, for bulk templates
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """The API's verdict on one source line."""
+
+    line_no: int
+    ok: bool
+    status_code: str = ""
+    message: str = ""

@@ -1,0 +1,141 @@
+"""Templates: what each Capillary badge API expects, as data plus the least code.
+
+A template names its endpoint and method, the kind of every field it sends (which drives
+conversion and row rules in `field_mapping`), an optional cross-field rule, how rows become
+request bodies and how a response becomes one verdict per source line.
+
+Field kinds:
+
+- ``text``: trimmed, non-empty string;
+- ``customer_id``: a positive integer, sent as a JSON number;
+- ``epoch_s``: a date, sent as integer seconds since the epoch (UTC);
+- ``iso_ms``: a date, sent as ISO-8601 UTC with milliseconds (``2026-11-16T06:00:00.000Z``);
+- ``owner_type``: one of `OWNER_TYPES`.
+
+Adding a template is one `Template(...)` value registered in `TEMPLATES`; see docs/templates.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from dataflow.rows import RecordResult, Request
+
+FIELD_KINDS = ("text", "customer_id", "epoch_s", "iso_ms", "owner_type")
+DATE_KINDS = ("epoch_s", "iso_ms")
+OWNER_TYPES = (
+    "Loyalty",
+    "Loyalty_Promotion",
+    "Referral_Campaigns",
+    "Journeys",
+    "Audience_Campaigns",
+    "Rewards_Catalog",
+    "Goodwill_Module",
+    "Milestones",
+    "Historical_Import",
+)
+
+RowRule = Callable[[pd.DataFrame], "pd.Series[Any]"]
+RequestBuilder = Callable[["Template", pd.DataFrame, pd.DataFrame, int], Iterator[Request]]
+ResponseParser = Callable[[Request, int, Any], list[RecordResult]]
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    endpoint: str
+    method: str
+    fields: dict[str, str]  # mandatory field -> kind
+    build_requests: RequestBuilder
+    parse_response: ResponseParser
+    optional: dict[str, str] = field(default_factory=dict)
+    row_rule: RowRule | None = None  # returns a message per row, "" where the row is fine
+
+    @property
+    def all_fields(self) -> dict[str, str]:
+        return {**self.fields, **self.optional}
+
+
+def to_json_value(series: pd.Series[Any], kind: str) -> list[Any]:
+    """Convert one typed column (as produced by field_mapping) to JSON-ready values."""
+    if kind == "epoch_s":
+        seconds = (series - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        return [int(v) for v in seconds]
+    if kind == "iso_ms":
+        return [v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z" for v in series]
+    if kind == "customer_id":
+        return [int(v) for v in series]
+    return [str(v) for v in series]
+
+
+# --- the import API: one JSON array element per row -----------------------------------------
+
+
+def build_array_requests(
+    template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int
+) -> Iterator[Request]:
+    """Rows in file order, `batch_size` per request, as a JSON array of objects."""
+    kinds = template.all_fields
+    names = [name for name in kinds if name in records.columns]
+    for start in range(0, len(records), batch_size):
+        part = records.iloc[start : start + batch_size]
+        columns = [to_json_value(part[name], kinds[name]) for name in names]
+        body = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        yield Request(
+            line_nos=tuple(int(i) for i in part.index), body=orjson.dumps(body), source=source
+        )
+
+
+def parse_array_response(request: Request, status: int, payload: Any) -> list[RecordResult]:
+    """An array aligned with the request: ``{data, errors: null | [{code, message}], warnings}``."""
+    if not isinstance(payload, list) or len(payload) != len(request.line_nos):
+        got = f"{len(payload)} elements" if isinstance(payload, list) else type(payload).__name__
+        message = (
+            f"response does not match the request ({len(request.line_nos)} records, got {got}); "
+            "the records' outcome is unknown, check them in Capillary before resending"
+        )
+        return [RecordResult(n, False, str(status), message) for n in request.line_nos]
+    results = []
+    for line_no, element in zip(request.line_nos, payload, strict=True):
+        errors = element.get("errors") if isinstance(element, dict) else None
+        if errors:
+            code, message = _first_error(errors)
+            results.append(RecordResult(line_no, False, code, message))
+        else:
+            results.append(RecordResult(line_no, True))
+    return results
+
+
+def _first_error(errors: Any) -> tuple[str, str]:
+    items = errors if isinstance(errors, list) else [errors]
+    codes = [str(e.get("code", "")) for e in items if isinstance(e, dict)]
+    messages = [str(e.get("message", "")) for e in items if isinstance(e, dict)]
+    return (codes[0] if codes else ""), "; ".join(m for m in messages if m) or "rejected by API"
+
+
+def _expires_after_event(records: pd.DataFrame) -> pd.Series[Any]:
+    bad = records["earnExpiresOn"] <= records["earnEventDate"]
+    return bad.map({True: "earnExpiresOn: must be after earnEventDate", False: ""})
+
+
+EARNED_BADGES = Template(
+    name="earned_badges",
+    endpoint="/api_gateway/v1/badges/import/customerBadges",
+    method="PUT",
+    fields={
+        "badgeMetaId": "text",
+        "customerId": "customer_id",
+        "earnEventDate": "epoch_s",
+        "earnExpiresOn": "epoch_s",
+    },
+    build_requests=build_array_requests,
+    parse_response=parse_array_response,
+    row_rule=_expires_after_event,
+)
+
+TEMPLATES: dict[str, Template] = {t.name: t for t in (EARNED_BADGES,)}
