@@ -1,0 +1,5 @@
+import sys
+
+from dataflow.cli import main
+
+sys.exit(main())

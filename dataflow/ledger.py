@@ -1,0 +1,127 @@
+"""The run ledger: runs, files and their outcome, in SQLite under the state directory.
+
+``$DATAFLOW_STATE_DIR`` (default ``~/.local/state/dataflow``) holds ``ledger.db``. The ledger
+answers "did this dataflow already complete a file with this content?" (duplicates) and
+feeds ``dataflow runs``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dataflow.report import FileReport, RunReport
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    dataflow TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT,
+    dry_run INTEGER NOT NULL DEFAULT 0,
+    reason TEXT
+);
+CREATE TABLE IF NOT EXISTS files (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    dataflow TEXT NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER,
+    sha256 TEXT,
+    lineage_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rows_total INTEGER, rows_filtered INTEGER, rows_rejected INTEGER,
+    rows_sent INTEGER, rows_succeeded INTEGER, rows_failed INTEGER,
+    processed_path TEXT, error_file TEXT, reason TEXT,
+    PRIMARY KEY (run_id, lineage_id)
+);
+CREATE INDEX IF NOT EXISTS files_by_content ON files (dataflow, sha256, status);
+"""
+
+
+def state_dir() -> Path:
+    configured = os.environ.get("DATAFLOW_STATE_DIR")
+    path = Path(configured) if configured else Path.home() / ".local" / "state" / "dataflow"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+class Ledger:
+    def __init__(self, directory: Path | None = None) -> None:
+        self.path = (directory or state_dir()) / "ledger.db"
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def start_run(self, run: RunReport) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs (run_id, dataflow, started_at, dry_run) VALUES (?, ?, ?, ?)",
+                (run.run_id, run.dataflow, run.started_at, int(run.dry_run)),
+            )
+
+    def finish_run(self, run: RunReport) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, reason = ? WHERE run_id = ?",
+                (run.finished_at, run.status, run.reason, run.run_id),
+            )
+
+    def record_file(self, run: RunReport, f: FileReport) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO files VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run.run_id, run.dataflow, f.name, f.size, f.sha256, f.lineage_id, f.status,
+                 f.rows_total, f.rows_filtered, f.rows_rejected, f.rows_sent,
+                 f.rows_succeeded, f.rows_failed, f.processed_path, f.error_file, f.reason),
+            )
+
+    def completed(self, dataflow: str, sha256: str) -> bool:
+        """True when this dataflow already finished a file with this content."""
+        row = self._db.execute(
+            "SELECT 1 FROM files JOIN runs USING (run_id) WHERE files.dataflow = ? AND "
+            "sha256 = ? AND files.status IN ('success', 'partial') AND dry_run = 0 LIMIT 1",
+            (dataflow, sha256),
+        ).fetchone()
+        return row is not None
+
+    def history(self, dataflow: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if dataflow:
+            query += " WHERE dataflow = ?"
+            args = (dataflow,)
+        query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
+        self._db.row_factory = sqlite3.Row
+        try:
+            runs = [dict(r) for r in self._db.execute(query, (*args, limit))]
+            for run in runs:
+                run["files"] = [
+                    dict(r) for r in self._db.execute(
+                        "SELECT * FROM files WHERE run_id = ? ORDER BY rowid", (run["run_id"],)
+                    )
+                ]
+                for f in run["files"]:
+                    f.pop("run_id", None)
+                    f.pop("dataflow", None)
+        finally:
+            self._db.row_factory = None
+        return runs

@@ -1,0 +1,107 @@
+"""A run: one poll of a dataflow's source, every matching file processed in turn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dataflow.block import Block, FileStep, RunContext, Sink, Source, Transform
+from dataflow.config import Dataflow
+from dataflow.errors import FatalError
+from dataflow.ledger import Ledger
+from dataflow.pipeline import Chain, process_file
+from dataflow.redact import redact
+from dataflow.report import FileReport, RunReport
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = None) -> RunReport:
+    """Process every matching file now. Never raises for a run-time problem: see the report."""
+    own_ledger = ledger is None
+    ledger = ledger or Ledger()
+    report = RunReport(dataflow=dataflow.name, run_id=str(uuid.uuid4()), started_at=now_iso(),
+                       dry_run=dry_run)
+    ledger.start_run(report)
+    workdir = Path(tempfile.mkdtemp(prefix="dataflow-"))  # mkdtemp: mode 700
+    try:
+        asyncio.run(_run(dataflow, report, workdir, ledger, dry_run))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        report.finished_at = now_iso()
+        report.settle()
+        ledger.finish_run(report)
+        if own_ledger:
+            ledger.close()
+    return report
+
+
+async def _run(dataflow: Dataflow, report: RunReport, workdir: Path, ledger: Ledger,
+               dry_run: bool) -> None:
+    context = RunContext(dataflow=dataflow.name, template=dataflow.template, workdir=workdir,
+                         base_dir=dataflow.path.resolve().parent, dry_run=dry_run)
+    blocks: list[Block] = [spec.cls(spec.config, context) for spec in dataflow.blocks]
+    opened: list[Block] = []
+    current: FileReport | None = None
+    try:
+        source = _one(blocks, Source)
+        opened.append(source)  # close() is safe after a failed open()
+        await asyncio.to_thread(source.open)
+        files = await asyncio.to_thread(source.list_files)
+        log.info("%s: %d file(s) to process", dataflow.name, len(files))
+        if not files:
+            return
+        for block in blocks:
+            if block is not source and not (dry_run and isinstance(block, Sink)):
+                opened.append(block)
+                await asyncio.to_thread(block.open)
+        chain = Chain(
+            dataflow=dataflow.name, template=dataflow.template, source=source,
+            steps=[b for b in blocks if isinstance(b, FileStep)],
+            transform=_one(blocks, Transform), sink=_one(blocks, Sink),
+            batch_size=getattr(_one(blocks, Sink).config, "batch_size", 100),
+            delimiter=getattr(_one(blocks, Transform).config, "delimiter", ","),
+            dry_run=dry_run,
+        )
+        for file in files:
+            current = None
+            try:
+                current = await process_file(chain, file, workdir, ledger)
+            except FatalError as exc:
+                reason = redact(str(exc))
+                failed = FileReport(name=file.name, lineage_id=str(uuid.uuid4()),
+                                    size=file.size, status="failure",
+                                    reason=f"{reason} (the file was left in place for the "
+                                           "next run)")
+                report.files.append(failed)
+                if not dry_run:
+                    ledger.record_file(report, failed)
+                raise
+            report.files.append(current)
+            if not dry_run:
+                ledger.record_file(report, current)
+            log.info("%s: %s (%d rows: %d accepted, %d rejected, %d failed)", file.name,
+                     current.status, current.rows_total, current.rows_succeeded,
+                     current.rows_rejected, current.rows_failed)
+    except FatalError as exc:
+        report.reason = redact(str(exc))
+        log.error("run stopped: %s", report.reason)
+    finally:
+        for block in reversed(opened):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(block.close)
+
+
+def _one(blocks: list[Block], kind: type[Any]) -> Any:
+    return next(b for b in blocks if isinstance(b, kind))
