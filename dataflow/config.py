@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import difflib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ class DataflowModel(BaseModel):
     template: str
     enabled: bool = True
     trigger: TriggerConfig | None = None
-    blocks: list[dict[str, Any]]
+    blocks: list[dict[str, Any]] = Field(repr=False)  # raw; validated per block type
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,11 @@ def load_dataflow(path: str | Path, env: Mapping[str, str] | None = None) -> Dat
         raise ConfigError(doc.problems)
     model = _validate(doc, DataflowModel, doc.data, ())
     template = None
-    if model is not None:
-        template = TEMPLATES.get(model.template)
+    name = doc.data.get("template")
+    if isinstance(name, str):
+        template = TEMPLATES.get(name)
         if template is None:
-            doc.problem(("template",), _unknown("template", model.template, list(TEMPLATES)))
+            doc.problem(("template",), _unknown("template", name, list(TEMPLATES)))
     specs = _validate_blocks(doc, doc.data.get("blocks"), template)
     if doc.problems or model is None or template is None:
         raise ConfigError(sorted(doc.problems, key=lambda p: p.line))
@@ -133,20 +133,36 @@ def _validate(doc: Document, model: type[Any], data: Any, prefix: YamlPath) -> A
         return model.model_validate(data)
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            loc = _data_loc(data, err["loc"])
             path = (*prefix, *loc)
-            doc.problem(path, _message(err, model, loc))
+            if any(path[: len(p)] == p for p in doc.failed):
+                continue  # its ${...} already failed: one problem is enough
+            if err["type"] == "missing":
+                doc.problem(path[:-1], f"required key '{loc[-1]}' is missing")
+            else:
+                doc.problem(path, _message(err, model, loc))
         return None
 
 
+def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The error's location as a YAML path: union tags and model names removed."""
+    out: list[Any] = []
+    current = data
+    for i, part in enumerate(loc):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+            out.append(part)
+        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+            current = current[part]
+            out.append(part)
+        elif i == len(loc) - 1:
+            out.append(part)
+    return tuple(out)
+
+
 def _message(err: Any, model: type[Any], loc: tuple[Any, ...]) -> str:
-    kind = err["type"]
-    if kind == "missing":
-        return f"required key '{loc[-1]}' is missing" if loc else "required key is missing"
-    if kind == "extra_forbidden":
-        owner = _model_at(model, loc[:-1])
-        fields = list(owner.model_fields) if owner is not None else []
-        return _unknown("key", str(loc[-1]), fields)
+    if err["type"] == "extra_forbidden":
+        return _unknown("key", str(loc[-1]), _fields_at(model, loc[:-1]))
     message = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
@@ -159,31 +175,31 @@ def _unknown(what: str, value: str, known: list[str]) -> str:
     return f"unknown {what} '{value}'{hint}"
 
 
-def _model_at(model: type[Any], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the keys at `loc` (for 'did you mean')."""
-    current: Any = model
+def _fields_at(model: type[Any], loc: tuple[Any, ...]) -> list[str]:
+    """Every key the model(s) at `loc` accept (all members of a union), for 'did you mean'."""
+    current: list[type[BaseModel]] = [model]
     for part in loc:
         if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        info = current.model_fields.get(str(part))
-        if info is None:
-            return None
-        current = _model_in(info.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        following: list[type[BaseModel]] = []
+        for owner in current:
+            info = owner.model_fields.get(str(part))
+            if info is not None:
+                following += _models_in(info.annotation)
+        current = following
+    names: list[str] = []
+    for owner in current:
+        names += [n for n in owner.model_fields if n not in names]
+    return names
 
 
-def _model_in(annotation: Any) -> Any:
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType, list, dict, typing.Annotated):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found += _models_in(arg)
+    return found
 
 
 def _register_secrets(*models: BaseModel) -> None:

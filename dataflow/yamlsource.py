@@ -52,6 +52,7 @@ class Document:
     lines: dict[YamlPath, int] = field(default_factory=dict)
     problems: list[ConfigProblem] = field(default_factory=list)
     interpolated: set[YamlPath] = field(default_factory=set)
+    failed: set[YamlPath] = field(default_factory=set)  # paths whose ${...} failed
 
     def line_of(self, path: YamlPath) -> int:
         """The line of `path`, or of its nearest ancestor that appears in the file."""
@@ -62,6 +63,7 @@ class Document:
         return 1
 
     def problem(self, path: YamlPath, message: str) -> None:
+        """Record a problem at `path` (reported with the line it starts on)."""
         self.problems.append(
             ConfigProblem(self.file, self.line_of(path), format_path(path), message)
         )
@@ -145,17 +147,20 @@ def _interpolate(
             except (OSError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
                 doc.problem(path, f"${{file:{ref[5:].strip()}}}: cannot read {target}: {reason}")
+                doc.failed.add(path)
                 return ""
         name, sep, default = ref.partition(":-")
         if not _NAME.fullmatch(name):
             doc.problem(path, f"'${{{ref}}}' is not a valid reference; use ${{NAME}}, "
                               "${NAME:-default} or ${file:PATH}")
+            doc.failed.add(path)
             return ""
         value = env.get(name)
         if sep and not value:
             return default
         if value is None:
             doc.problem(path, f"environment variable {name} is not set")
+            doc.failed.add(path)
             return ""
         return value
 

@@ -28,11 +28,19 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from dataflow.block import BlockConfig, CheckProblem, RowStream, Transform
 from dataflow.csvchunks import CsvChunks
@@ -94,13 +102,19 @@ class FieldSpec(BaseModel):
         return f"column '{self.column}'" if self.column is not None else "const"
 
 
+MappingValue = Annotated[
+    Annotated[str, Tag("column")] | Annotated[FieldSpec, Tag("spec")],
+    Discriminator(lambda v: "column" if isinstance(v, str) else "spec"),
+]
+
+
 class Config(BlockConfig):
     type: Literal["field_mapping"] = "field_mapping"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: str = "utf-8"
     headerless: bool = False
     headers: list[str] = Field(default_factory=list)
-    mapping: dict[str, str | FieldSpec]
+    mapping: dict[str, MappingValue]
     chunk_bytes: int = Field(default=4 << 20, ge=1 << 10, le=256 << 20)
 
     @field_validator("delimiter", mode="before")
