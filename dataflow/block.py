@@ -68,10 +68,10 @@ class Block(abc.ABC):
         self.config = config
         self.context = context
 
-    def open(self) -> None:
+    def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (connections, keyrings). Called once per run."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release everything `open` acquired; must be safe to call after a failed open."""
 
 

@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="process every matching file now")
     p.add_argument("file", type=Path)
-    p.add_argument("--dry-run", action="store_true",
-                   help="transform and report; no API calls, no files moved")
+    p.add_argument(
+        "--dry-run", action="store_true", help="transform and report; no API calls, no files moved"
+    )
     p.add_argument("--json", action="store_true", help="print the run report to stdout")
 
     p = sub.add_parser("schedule", help="run enabled dataflows on their triggers")
@@ -71,8 +72,10 @@ def _validate(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(redact(str(problem)))
             continue
-        print(f"{path}: ok ({dataflow.name}, template {dataflow.template.name}, "
-              f"{len(dataflow.blocks)} blocks)")
+        print(
+            f"{path}: ok ({dataflow.name}, template {dataflow.template.name}, "
+            f"{len(dataflow.blocks)} blocks)"
+        )
     return EXIT_CONFIG if bad else 0
 
 
@@ -101,9 +104,12 @@ def _print_summary(report: RunReport) -> None:
         print(f"  {report.reason}", file=out)
     for f in report.files:
         accuracy = f"{100 * f.accuracy:.1f}%" if f.accuracy is not None else "-"
-        print(f"  {f.name}: {f.status}; {f.rows_total} rows: {f.rows_succeeded} accepted, "
-              f"{f.rows_rejected} rejected, {f.rows_failed} failed by the API, "
-              f"{f.rows_filtered} blank; accuracy {accuracy}", file=out)
+        print(
+            f"  {f.name}: {f.status}; {f.rows_total} rows: {f.rows_succeeded} accepted, "
+            f"{f.rows_rejected} rejected, {f.rows_failed} failed by the API, "
+            f"{f.rows_filtered} blank; accuracy {accuracy}",
+            file=out,
+        )
         if f.processed_path:
             print(f"    original  -> {f.processed_path}", file=out)
         if f.error_file:
@@ -130,8 +136,10 @@ def _runs(args: argparse.Namespace) -> int:
         print(json.dumps(history, indent=2))
         return 0
     for run in history:
-        print(f"{run['started_at']}  {run['dataflow']}  {run['status'] or 'running'}"
-              f"{'  (dry run)' if run['dry_run'] else ''}  {run['run_id']}")
+        print(
+            f"{run['started_at']}  {run['dataflow']}  {run['status'] or 'running'}"
+            f"{'  (dry run)' if run['dry_run'] else ''}  {run['run_id']}"
+        )
         if run.get("reason"):
             print(f"    {run['reason']}")
         for f in run["files"]:
@@ -144,9 +152,11 @@ def _runs(args: argparse.Namespace) -> int:
 def _file_line(f: dict[str, Any]) -> str:
     total = f["rows_total"] or 0
     accuracy = f"{100 * (f['rows_succeeded'] or 0) / total:.1f}%" if total else "-"
-    return (f"{f['name']}: {f['status']}  total {total}, sent {f['rows_sent']}, "
-            f"ok {f['rows_succeeded']}, rejected {f['rows_rejected']}, failed "
-            f"{f['rows_failed']}, accuracy {accuracy}")
+    return (
+        f"{f['name']}: {f['status']}  total {total}, sent {f['rows_sent']}, "
+        f"ok {f['rows_succeeded']}, rejected {f['rows_rejected']}, failed "
+        f"{f['rows_failed']}, accuracy {accuracy}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -100,8 +100,10 @@ def _validate_blocks(doc: Document, raw: Any, template: Template | None) -> list
         if config is None:
             continue
         if config.name in names:
-            doc.problem((*path, "name"), f"block name {config.name!r} is already used by "
-                                         f"blocks[{names[config.name]}]")
+            doc.problem(
+                (*path, "name"),
+                f"block name {config.name!r} is already used by blocks[{names[config.name]}]",
+            )
         names[config.name] = i
         if template is not None:
             for sub, message in config.check(template):
@@ -114,17 +116,23 @@ def _validate_blocks(doc: Document, raw: Any, template: Template | None) -> list
 def _check_order(doc: Document, specs: list[BlockSpec], raw: list[Any]) -> None:
     if len(specs) != len(raw):
         return  # a block already failed; order problems would only add noise
-    kinds = [s.cls.kind for s in specs]
-    for kind, label in (("source", "a source (sftp_read)"), ("transform", "a transform"
-                        " (field_mapping)"), ("sink", "a destination (http_write)")):
+    kinds: list[str] = [s.cls.kind for s in specs]
+    for kind, label in (
+        ("source", "a source (sftp_read)"),
+        ("transform", "a transform (field_mapping)"),
+        ("sink", "a destination (http_write)"),
+    ):
         count = kinds.count(kind)
         if count != 1:
             doc.problem(("blocks",), f"a dataflow needs exactly one {label}; found {count}")
     ranks = [ORDER[k] for k in kinds]
     for i in range(1, len(ranks)):
         if ranks[i] < ranks[i - 1]:
-            doc.problem(("blocks", i), "blocks must run source, then steps (pgp_decrypt), then "
-                                       f"transform, then destination; {kinds[i]} comes too late")
+            doc.problem(
+                ("blocks", i),
+                "blocks must run source, then steps (pgp_decrypt), then "
+                f"transform, then destination; {kinds[i]} comes too late",
+            )
             break
 
 
@@ -149,10 +157,9 @@ def _data_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
     out: list[Any] = []
     current = data
     for i, part in enumerate(loc):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-            out.append(part)
-        elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
+        if (isinstance(current, dict) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        ):
             current = current[part]
             out.append(part)
         elif i == len(loc) - 1:

@@ -247,8 +247,10 @@ class CsvChunks:
         self.next_line = line_no
         columns = list(zip(*rows, strict=True)) if rows else [() for _ in self.columns]
         frame = pd.DataFrame(
-            {name: pd.array(list(col), dtype="str") for name, col in zip(self.columns, columns,
-                                                                          strict=True)},
+            {
+                name: pd.array(list(col), dtype="str")
+                for name, col in zip(self.columns, columns, strict=True)
+            },
             index=pd.Index(linenos, dtype="int64"),
         )
         return _drop_blank(Block(frame, malformed, blank))

@@ -68,8 +68,14 @@ class State:
     next_id: int = 1
 
     def configure(self, data: dict[str, Any]) -> None:
-        for key in ("token_ttl", "error_rate", "throttle_rate", "retry_after", "latency_ms",
-                    "throttle_next"):
+        for key in (
+            "token_ttl",
+            "error_rate",
+            "throttle_rate",
+            "retry_after",
+            "latency_ms",
+            "throttle_next",
+        ):
             if key in data:
                 setattr(self, key, data[key])
         if "fail_next" in data:
@@ -86,13 +92,15 @@ class State:
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(payload), status_code=status, headers=headers, media_type="application/json"
+    )
 
 
 def _error(status: int, code: int, message: str) -> Response:
-    return _json({"data": None, "errors": [{"code": code, "message": message}],
-                  "warnings": []}, status)
+    return _json(
+        {"data": None, "errors": [{"code": code, "message": message}], "warnings": []}, status
+    )
 
 
 def create_app(state: State | None = None) -> Starlette:
@@ -124,8 +132,13 @@ def create_app(state: State | None = None) -> Starlette:
             return _error(401, 401, "Invalid client key or secret")
         value = secrets.token_urlsafe(24)
         state.tokens[value] = time.time() + state.token_ttl
-        return _json({"data": {"accessToken": value, "expiresIn": state.token_ttl},
-                      "errors": None, "warnings": None})
+        return _json(
+            {
+                "data": {"accessToken": value, "expiresIn": state.token_ttl},
+                "errors": None,
+                "warnings": None,
+            }
+        )
 
     async def faults(entry: dict[str, Any]) -> Response | None:
         if state.latency_ms:
@@ -133,18 +146,26 @@ def create_app(state: State | None = None) -> Starlette:
         if state.fail_next:
             code = state.fail_next.pop(0)
             return _error(code, code, f"injected HTTP {code}")
-        if state.throttle_next > 0 or (state.throttle_rate and
-                                       state.rng.random() < state.throttle_rate):
+        if state.throttle_next > 0 or (
+            state.throttle_rate and state.rng.random() < state.throttle_rate
+        ):
             state.throttle_next = max(0, state.throttle_next - 1)
-            return _json({"errors": [{"code": 429, "message": "Too many requests"}]}, 429,
-                         {"Retry-After": f"{state.retry_after:g}"})
+            return _json(
+                {"errors": [{"code": 429, "message": "Too many requests"}]},
+                429,
+                {"Retry-After": f"{state.retry_after:g}"},
+            )
         if state.error_rate and state.rng.random() < state.error_rate:
             return _error(503, 503, "injected: service unavailable")
         return None
 
     async def import_badges(request: Request) -> Response:
-        entry: dict[str, Any] = {"at": time.time(), "method": request.method,
-                                 "path": request.url.path, "records": 0}
+        entry: dict[str, Any] = {
+            "at": time.time(),
+            "method": request.method,
+            "path": request.url.path,
+            "records": 0,
+        }
         state.requests.append(entry)
         response = await faults(entry)
         if response is None:
@@ -165,7 +186,7 @@ def create_app(state: State | None = None) -> Starlette:
         if len(body) > 1000:
             return _error(400, 400, "At most 1000 badges per request")
         entry["records"] = len(body)
-        out = []
+        out: list[dict[str, Any]] = []
         for record in body:
             problem = _check_record(state, record)
             if problem is not None:
@@ -174,8 +195,9 @@ def create_app(state: State | None = None) -> Starlette:
             earned_id = state.next_id
             state.next_id += 1
             state.received.append(record)
-            out.append({"data": {**record, "earnedBadgeId": earned_id}, "errors": None,
-                        "warnings": []})
+            out.append(
+                {"data": {**record, "earnedBadgeId": earned_id}, "errors": None, "warnings": []}
+            )
         return _json(out)
 
     async def received(request: Request) -> Response:
@@ -197,14 +219,16 @@ def create_app(state: State | None = None) -> Starlette:
         state.token_requests = 0
         return _json({"ok": True})
 
-    return Starlette(routes=[
-        Route(TOKEN_PATH, token, methods=["POST"]),
-        Route(IMPORT_PATH, import_badges, methods=["PUT"]),
-        Route("/__emulator/received", received, methods=["GET"]),
-        Route("/__emulator/requests", requests, methods=["GET"]),
-        Route("/__emulator/config", configure, methods=["POST"]),
-        Route("/__emulator/reset", reset, methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route(TOKEN_PATH, token, methods=["POST"]),
+            Route(IMPORT_PATH, import_badges, methods=["PUT"]),
+            Route("/__emulator/received", received, methods=["GET"]),
+            Route("/__emulator/requests", requests, methods=["GET"]),
+            Route("/__emulator/config", configure, methods=["POST"]),
+            Route("/__emulator/reset", reset, methods=["POST"]),
+        ]
+    )
 
 
 def _check_record(state: State, record: Any) -> dict[str, Any] | None:
@@ -216,8 +240,10 @@ def _check_record(state: State, record: Any) -> dict[str, Any] | None:
         if value is None:
             return {"code": 1001, "message": f"{name} is required"}
         if not isinstance(value, kind) or isinstance(value, bool):
-            return {"code": 1001, "message": f"{name} must be {kind.__name__}, got "
-                                             f"{type(value).__name__}"}
+            return {
+                "code": 1001,
+                "message": f"{name} must be {kind.__name__}, got {type(value).__name__}",
+            }
     extra = set(record) - set(types)
     if extra:
         return {"code": 1001, "message": f"unknown field(s): {', '.join(sorted(extra))}"}
@@ -225,8 +251,10 @@ def _check_record(state: State, record: Any) -> dict[str, Any] | None:
         return {"code": 1001, "message": "customerId must be positive"}
     meta = state.metas.get(record["badgeMetaId"])
     if meta is None or not meta.active:
-        return {"code": 1054, "message": f"Badge meta {record['badgeMetaId']} not found or "
-                                         "inactive"}
+        return {
+            "code": 1054,
+            "message": f"Badge meta {record['badgeMetaId']} not found or inactive",
+        }
     if record["earnExpiresOn"] <= record["earnEventDate"]:
         return {"code": 1002, "message": "earnExpiresOn must be after earnEventDate"}
     event = record["earnEventDate"]
@@ -252,13 +280,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.config:
         with open(args.config, "rb") as fh:
             state.configure(orjson.loads(fh.read()))
-    state.configure({
-        "clients": dict(c.split(":", 1) for c in args.client),
-        "basic": dict(b.split(":", 1) for b in args.basic),
-        "badge_metas": args.badge_meta,
-    })
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    state.configure(
+        {
+            "clients": dict(c.split(":", 1) for c in args.client),
+            "basic": dict(b.split(":", 1) for b in args.basic),
+            "badge_metas": args.badge_meta,
+        }
+    )
+    uvicorn.run(
+        create_app(state), host=args.host, port=args.port, log_level="warning", access_log=False
+    )
 
 
 if __name__ == "__main__":

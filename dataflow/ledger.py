@@ -89,9 +89,24 @@ class Ledger:
             db.execute(
                 "INSERT OR REPLACE INTO files VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run.run_id, run.dataflow, f.name, f.size, f.sha256, f.lineage_id, f.status,
-                 f.rows_total, f.rows_filtered, f.rows_rejected, f.rows_sent,
-                 f.rows_succeeded, f.rows_failed, f.processed_path, f.error_file, f.reason),
+                (
+                    run.run_id,
+                    run.dataflow,
+                    f.name,
+                    f.size,
+                    f.sha256,
+                    f.lineage_id,
+                    f.status,
+                    f.rows_total,
+                    f.rows_filtered,
+                    f.rows_rejected,
+                    f.rows_sent,
+                    f.rows_succeeded,
+                    f.rows_failed,
+                    f.processed_path,
+                    f.error_file,
+                    f.reason,
+                ),
             )
 
     def completed(self, dataflow: str, sha256: str) -> bool:
@@ -115,7 +130,8 @@ class Ledger:
             runs = [dict(r) for r in self._db.execute(query, (*args, limit))]
             for run in runs:
                 run["files"] = [
-                    dict(r) for r in self._db.execute(
+                    dict(r)
+                    for r in self._db.execute(
                         "SELECT * FROM files WHERE run_id = ? ORDER BY rowid", (run["run_id"],)
                     )
                 ]

@@ -44,8 +44,7 @@ class Chain:
     dry_run: bool = False
 
 
-async def process_file(chain: Chain, file: RemoteFile, workdir: Path, ledger: Ledger
-                       ) -> FileReport:
+async def process_file(chain: Chain, file: RemoteFile, workdir: Path, ledger: Ledger) -> FileReport:
     report = FileReport(name=file.name, lineage_id=str(uuid.uuid4()), size=file.size)
     filedir = Path(tempfile.mkdtemp(prefix="file-", dir=workdir))
     try:
@@ -55,8 +54,9 @@ async def process_file(chain: Chain, file: RemoteFile, workdir: Path, ledger: Le
     return report
 
 
-async def _process(chain: Chain, file: RemoteFile, filedir: Path, ledger: Ledger,
-                   report: FileReport) -> None:
+async def _process(
+    chain: Chain, file: RemoteFile, filedir: Path, ledger: Ledger, report: FileReport
+) -> None:
     source = chain.source
     log.info("%s: downloading", file.path)
     downloaded = filedir / "download"
@@ -91,8 +91,14 @@ async def _process(chain: Chain, file: RemoteFile, filedir: Path, ledger: Ledger
         report.rows_total = report.rows_filtered = report.rows_rejected = 0
         report.rows_sent = report.rows_succeeded = report.rows_failed = 0
         errors = ErrorFile(filedir / "errors.csv", [], chain.delimiter)
-        errors.add(RowError(0, stage, f"{reason} (the file was moved to the error directory; "
-                                      "nothing from it was sent)"), None)
+        errors.add(
+            RowError(
+                0,
+                stage,
+                f"{reason} (the file was moved to the error directory; nothing from it was sent)",
+            ),
+            None,
+        )
         errors.close()
         await _finish(chain, file, errors, report, failed=True)
         return
@@ -104,17 +110,20 @@ async def _process(chain: Chain, file: RemoteFile, filedir: Path, ledger: Ledger
     await _finish(chain, file, errors, report, failed=False)
 
 
-async def _send_rows(chain: Chain, stream: RowStream, errors: ErrorFile,
-                     report: FileReport) -> None:
+async def _send_rows(
+    chain: Chain, stream: RowStream, errors: ErrorFile, report: FileReport
+) -> None:
     chunks: Iterator[Chunk] = iter(stream)
 
     def next_chunk() -> tuple[Chunk, list[Request]] | None:
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        requests = list(chain.template.build_requests(
-            chain.template, chunk.records, chunk.source, chain.batch_size
-        ))
+        requests = list(
+            chain.template.build_requests(
+                chain.template, chunk.records, chunk.source, chain.batch_size
+            )
+        )
         return chunk, requests
 
     def take(chunk: Chunk) -> None:
@@ -148,8 +157,12 @@ async def _send_rows(chain: Chain, stream: RowStream, errors: ErrorFile,
             pass
         return
     await chain.sink.send(requests(), on_result)
-    log.info("sent %d rows: %d accepted, %d failed", report.rows_sent,
-             report.rows_succeeded, report.rows_failed)
+    log.info(
+        "sent %d rows: %d accepted, %d failed",
+        report.rows_sent,
+        report.rows_succeeded,
+        report.rows_failed,
+    )
 
 
 def _values(source: object, line_no: int, raw: str | None) -> list[object] | None:
@@ -161,8 +174,9 @@ def _values(source: object, line_no: int, raw: str | None) -> list[object] | Non
         return None
 
 
-async def _finish(chain: Chain, file: RemoteFile, errors: ErrorFile, report: FileReport,
-                  failed: bool) -> None:
+async def _finish(
+    chain: Chain, file: RemoteFile, errors: ErrorFile, report: FileReport, failed: bool
+) -> None:
     if chain.dry_run:
         return
     source = chain.source

@@ -31,8 +31,9 @@ def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = No
     """Process every matching file now. Never raises for a run-time problem: see the report."""
     own_ledger = ledger is None
     ledger = ledger or Ledger()
-    report = RunReport(dataflow=dataflow.name, run_id=str(uuid.uuid4()), started_at=now_iso(),
-                       dry_run=dry_run)
+    report = RunReport(
+        dataflow=dataflow.name, run_id=str(uuid.uuid4()), started_at=now_iso(), dry_run=dry_run
+    )
     ledger.start_run(report)
     workdir = Path(tempfile.mkdtemp(prefix="dataflow-"))  # mkdtemp: mode 700
     try:
@@ -47,10 +48,16 @@ def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = No
     return report
 
 
-async def _run(dataflow: Dataflow, report: RunReport, workdir: Path, ledger: Ledger,
-               dry_run: bool) -> None:
-    context = RunContext(dataflow=dataflow.name, template=dataflow.template, workdir=workdir,
-                         base_dir=dataflow.path.resolve().parent, dry_run=dry_run)
+async def _run(
+    dataflow: Dataflow, report: RunReport, workdir: Path, ledger: Ledger, dry_run: bool
+) -> None:
+    context = RunContext(
+        dataflow=dataflow.name,
+        template=dataflow.template,
+        workdir=workdir,
+        base_dir=dataflow.path.resolve().parent,
+        dry_run=dry_run,
+    )
     blocks: list[Block] = [spec.cls(spec.config, context) for spec in dataflow.blocks]
     opened: list[Block] = []
     current: FileReport | None = None
@@ -67,9 +74,12 @@ async def _run(dataflow: Dataflow, report: RunReport, workdir: Path, ledger: Led
                 opened.append(block)
                 await asyncio.to_thread(block.open)
         chain = Chain(
-            dataflow=dataflow.name, template=dataflow.template, source=source,
+            dataflow=dataflow.name,
+            template=dataflow.template,
+            source=source,
             steps=[b for b in blocks if isinstance(b, FileStep)],
-            transform=_one(blocks, Transform), sink=_one(blocks, Sink),
+            transform=_one(blocks, Transform),
+            sink=_one(blocks, Sink),
             batch_size=getattr(_one(blocks, Sink).config, "batch_size", 100),
             delimiter=getattr(_one(blocks, Transform).config, "delimiter", ","),
             dry_run=dry_run,
@@ -80,10 +90,13 @@ async def _run(dataflow: Dataflow, report: RunReport, workdir: Path, ledger: Led
                 current = await process_file(chain, file, workdir, ledger)
             except FatalError as exc:
                 reason = redact(str(exc))
-                failed = FileReport(name=file.name, lineage_id=str(uuid.uuid4()),
-                                    size=file.size, status="failure",
-                                    reason=f"{reason} (the file was left in place for the "
-                                           "next run)")
+                failed = FileReport(
+                    name=file.name,
+                    lineage_id=str(uuid.uuid4()),
+                    size=file.size,
+                    status="failure",
+                    reason=f"{reason} (the file was left in place for the next run)",
+                )
                 report.files.append(failed)
                 if not dry_run:
                     ledger.record_file(report, failed)
@@ -91,9 +104,15 @@ async def _run(dataflow: Dataflow, report: RunReport, workdir: Path, ledger: Led
             report.files.append(current)
             if not dry_run:
                 ledger.record_file(report, current)
-            log.info("%s: %s (%d rows: %d accepted, %d rejected, %d failed)", file.name,
-                     current.status, current.rows_total, current.rows_succeeded,
-                     current.rows_rejected, current.rows_failed)
+            log.info(
+                "%s: %s (%d rows: %d accepted, %d rejected, %d failed)",
+                file.name,
+                current.status,
+                current.rows_total,
+                current.rows_succeeded,
+                current.rows_rejected,
+                current.rows_failed,
+            )
     except FatalError as exc:
         report.reason = redact(str(exc))
         log.error("run stopped: %s", report.reason)

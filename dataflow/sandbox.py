@@ -35,8 +35,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None
-                  ) -> None:
+def wait_for_port(
+    port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -74,8 +75,9 @@ class SftpServer:
             path.mkdir()
             os.chown(path, uid, uid)
         (self.dir / "keys").mkdir()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True
+        )
         public = self.host_key.with_suffix(".pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
         config = self.dir / "sshd_config"
@@ -90,8 +92,11 @@ class SftpServer:
         )
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
         subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(self.port, proc=self.proc)
         return self
 
@@ -135,17 +140,30 @@ def _ensure_user(user: str, password: str) -> None:
     try:
         pwd.getpwnam(user)
     except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--home-dir", "/", "--shell",
-                        "/usr/sbin/nologin", user], check=True)
+        subprocess.run(
+            [
+                "useradd",
+                "--no-create-home",
+                "--home-dir",
+                "/",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ],
+            check=True,
+        )
     subprocess.run(["chpasswd"], input=f"{user}:{password}\n".encode(), check=True)
 
 
 class Emulator:
     """The Capillary API emulator in a subprocess, over real TCP."""
 
-    def __init__(self, clients: dict[str, str] | None = None,
-                 basic: dict[str, str] | None = None, badge_metas: list[str] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        clients: dict[str, str] | None = None,
+        basic: dict[str, str] | None = None,
+        badge_metas: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [sys.executable, "-m", "dataflow.emulator", "--port", str(self.port)]
@@ -201,18 +219,35 @@ class PgpKeys:
 
     def generate(self) -> PgpKeys:
         with _gpg_home() as home:
-            _gpg(home, "--passphrase", self.passphrase, "--quick-generate-key", self.uid,
-                 "future-default", "default", "never")
+            _gpg(
+                home,
+                "--passphrase",
+                self.passphrase,
+                "--quick-generate-key",
+                self.uid,
+                "future-default",
+                "default",
+                "never",
+            )
             self.public_key.write_bytes(_gpg(home, "--armor", "--export", self.uid))
-            self.private_key.write_bytes(_gpg(home, "--passphrase", self.passphrase, "--armor",
-                                              "--export-secret-keys", self.uid))
+            self.private_key.write_bytes(
+                _gpg(
+                    home,
+                    "--passphrase",
+                    self.passphrase,
+                    "--armor",
+                    "--export-secret-keys",
+                    self.uid,
+                )
+            )
         return self
 
     def encrypt(self, data: bytes) -> bytes:
         with _gpg_home() as home:
             _gpg(home, "--import", str(self.public_key))
-            return _gpg(home, "--trust-model", "always", "--encrypt", "--recipient", self.uid,
-                        input=data)
+            return _gpg(
+                home, "--trust-model", "always", "--encrypt", "--recipient", self.uid, input=data
+            )
 
 
 @contextlib.contextmanager
@@ -221,15 +256,19 @@ def _gpg_home() -> Any:
     try:
         yield home
     finally:
-        subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False,
-                       capture_output=True)
+        subprocess.run(
+            ["gpgconf", "--homedir", home, "--kill", "gpg-agent"], check=False, capture_output=True
+        )
         shutil.rmtree(home, ignore_errors=True)
 
 
 def _gpg(home: str, *args: str, input: bytes | None = None) -> bytes:
-    result = subprocess.run(["gpg", "--homedir", home, "--batch", "--yes",
-                             "--pinentry-mode", "loopback", *args],
-                            input=input, capture_output=True, check=False)
+    result = subprocess.run(
+        ["gpg", "--homedir", home, "--batch", "--yes", "--pinentry-mode", "loopback", *args],
+        input=input,
+        capture_output=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise RuntimeError(f"gpg {args[0]} failed: {result.stderr.decode(errors='replace')}")
     return result.stdout
@@ -240,12 +279,12 @@ SAMPLE_ROWS = [
     "BADGE-GOLD,1001,16/11/2026 09:30,1798761600",
     "BADGE-GOLD,1002,16/11/2026 10:00,1798761600",
     "BADGE-SILVER,1003,17/11/2026 11:15,1798761600",
-    "BADGE-GOLD,,17/11/2026 12:00,1798761600",                # customerId empty
-    "BADGE-SILVER,1005,2026-11-17,1798761600",                # wrong date format
-    "BADGE-GOLD,abc,18/11/2026 08:00,1798761600",             # customerId not a number
-    "BADGE-SILVER,1007,18/11/2026 09:00,1700000000",          # expires before the event
-    "BADGE-UNKNOWN,1008,18/11/2026 10:00,1798761600",         # API: unknown badge meta
-    "BADGE-GOLD,1009,19/11/2026 07:45,1798761600,extra",      # malformed: 5 fields
+    "BADGE-GOLD,,17/11/2026 12:00,1798761600",  # customerId empty
+    "BADGE-SILVER,1005,2026-11-17,1798761600",  # wrong date format
+    "BADGE-GOLD,abc,18/11/2026 08:00,1798761600",  # customerId not a number
+    "BADGE-SILVER,1007,18/11/2026 09:00,1700000000",  # expires before the event
+    "BADGE-UNKNOWN,1008,18/11/2026 10:00,1798761600",  # API: unknown badge meta
+    "BADGE-GOLD,1009,19/11/2026 07:45,1798761600,extra",  # malformed: 5 fields
     "BADGE-SILVER,1010,19/11/2026 08:00,1798761600",
 ]
 
@@ -312,35 +351,53 @@ def demo(workdir: Path) -> int:
         "SANDBOX_CLIENT_KEY": "acme-key",
         "SANDBOX_CLIENT_SECRET": secrets.token_urlsafe(16),
     }
-    print("starting the sandbox: OpenSSH sftp server, Capillary API emulator, PGP keys",
-          file=sys.stderr)
+    print(
+        "starting the sandbox: OpenSSH sftp server, Capillary API emulator, PGP keys",
+        file=sys.stderr,
+    )
     sftp = SftpServer().start()
     env["SANDBOX_SFTP_PASSWORD"] = sftp.password
-    api = Emulator(clients={env["SANDBOX_CLIENT_KEY"]: env["SANDBOX_CLIENT_SECRET"]},
-                   badge_metas=["BADGE-GOLD", "BADGE-SILVER"]).start()
+    api = Emulator(
+        clients={env["SANDBOX_CLIENT_KEY"]: env["SANDBOX_CLIENT_SECRET"]},
+        badge_metas=["BADGE-GOLD", "BADGE-SILVER"],
+    ).start()
     try:
         keys = PgpKeys(workdir, env["SANDBOX_PGP_PASSPHRASE"]).generate()
         name = "badges_2026-11-16.csv.gpg"
         sftp.put(f"inbox/{name}", keys.encrypt(sample_csv()))
         config = workdir / "acme-earned-badges.yaml"
-        config.write_text(DEMO_YAML.format(sftp_port=sftp.port, sftp_user=sftp.user,
-                                           known_hosts=sftp.known_hosts, api_url=api.url))
-        print(f"vendor file /inbox/{name}: {len(SAMPLE_ROWS)} rows, PGP-encrypted\n"
-              f"dataflow file: {config}\n", file=sys.stderr)
+        config.write_text(
+            DEMO_YAML.format(
+                sftp_port=sftp.port,
+                sftp_user=sftp.user,
+                known_hosts=sftp.known_hosts,
+                api_url=api.url,
+            )
+        )
+        print(
+            f"vendor file /inbox/{name}: {len(SAMPLE_ROWS)} rows, PGP-encrypted\n"
+            f"dataflow file: {config}\n",
+            file=sys.stderr,
+        )
         state = workdir / "state"
         result = subprocess.run(
             [sys.executable, "-m", "dataflow", "run", str(config)],
-            env={**os.environ, **env, "DATAFLOW_STATE_DIR": str(state)}, check=False,
+            env={**os.environ, **env, "DATAFLOW_STATE_DIR": str(state)},
+            check=False,
         )
         print("\non the SFTP server now:", file=sys.stderr)
         for directory in SFTP_DIRS:
-            print(f"  /{directory}: {', '.join(sftp.files(directory)) or '(empty)'}",
-                  file=sys.stderr)
+            print(
+                f"  /{directory}: {', '.join(sftp.files(directory)) or '(empty)'}", file=sys.stderr
+            )
         for error_file in sorted((sftp.root / "errors").glob("result_*")):
             print(f"\n/errors/{error_file.name}:\n{error_file.read_text()}", file=sys.stderr)
         print(f"the API emulator accepted {len(api.received())} badge(s)", file=sys.stderr)
-        print(f"dataflow run exited with {result.returncode} (3 = partial: some rows were "
-              "rejected, as the sample intends)", file=sys.stderr)
+        print(
+            f"dataflow run exited with {result.returncode} (3 = partial: some rows were "
+            "rejected, as the sample intends)",
+            file=sys.stderr,
+        )
         return 0 if result.returncode in (0, 3) else result.returncode
     finally:
         api.stop()

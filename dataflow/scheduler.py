@@ -45,8 +45,12 @@ def load_all(paths: list[Path]) -> list[Dataflow]:
             log.error("%s: not scheduled (invalid)", path)
             continue
         if dataflow.name in dataflows:
-            log.error("%s: not scheduled: dataflow name %r is already used by %s", path,
-                      dataflow.name, dataflows[dataflow.name].path)
+            log.error(
+                "%s: not scheduled: dataflow name %r is already used by %s",
+                path,
+                dataflow.name,
+                dataflows[dataflow.name].path,
+            )
             continue
         dataflows[dataflow.name] = dataflow
     return list(dataflows.values())
@@ -61,8 +65,13 @@ def _job(path: Path) -> None:
         log.error("%s: not run, the file became invalid:\n%s", path, exc)
         return
     report = run(dataflow)
-    log.info("%s: run %s finished: %s (exit code %d)", dataflow.name, report.run_id,
-             report.status, EXIT_CODES[report.status])
+    log.info(
+        "%s: run %s finished: %s (exit code %d)",
+        dataflow.name,
+        report.run_id,
+        report.status,
+        EXIT_CODES[report.status],
+    )
 
 
 def serve(paths: list[Path]) -> int:
@@ -75,16 +84,28 @@ def serve(paths: list[Path]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     scheduler = BackgroundScheduler(
-        job_defaults={"coalesce": True, "max_instances": 1,
-                      "misfire_grace_time": MISFIRE_GRACE_SECONDS}
+        job_defaults={
+            "coalesce": True,
+            "max_instances": 1,
+            "misfire_grace_time": MISFIRE_GRACE_SECONDS,
+        }
     )
     for dataflow in load_all(paths):
         if not dataflow.model.enabled or dataflow.model.trigger is None:
-            log.info("%s: not scheduled (%s)", dataflow.name,
-                     "disabled" if not dataflow.model.enabled else "no trigger")
+            log.info(
+                "%s: not scheduled (%s)",
+                dataflow.name,
+                "disabled" if not dataflow.model.enabled else "no trigger",
+            )
             continue
-        scheduler.add_job(_job, dataflow.model.trigger.build(), args=[dataflow.path],
-                          id=dataflow.name, name=dataflow.name, replace_existing=True)
+        scheduler.add_job(
+            _job,
+            dataflow.model.trigger.build(),
+            args=[dataflow.path],
+            id=dataflow.name,
+            name=dataflow.name,
+            replace_existing=True,
+        )
     scheduler.start()
     for job in scheduler.get_jobs():
         log.info("%s: next run at %s", job.id, job.next_run_time)

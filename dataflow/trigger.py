@@ -69,5 +69,6 @@ class TriggerConfig(BaseModel):
         if self.cron is not None:
             return CronTrigger.from_crontab(self.cron, timezone=tz)
         assert self.every is not None
-        return IntervalTrigger(minutes=self.every.minutes or 0, hours=self.every.hours or 0,
-                               timezone=tz)
+        return IntervalTrigger(
+            minutes=self.every.minutes or 0, hours=self.every.hours or 0, timezone=tz
+        )

@@ -107,9 +107,11 @@ def _construct(node: yaml.Node, path: YamlPath, doc: Document) -> Any:
                 key = str(key)
             child = (*path, key)
             if key in out:
-                doc.problems.append(ConfigProblem(
-                    doc.file, key_node.start_mark.line + 1, format_path(child), "duplicate key"
-                ))
+                doc.problems.append(
+                    ConfigProblem(
+                        doc.file, key_node.start_mark.line + 1, format_path(child), "duplicate key"
+                    )
+                )
                 continue
             doc.lines[child] = key_node.start_mark.line + 1
             out[key] = _construct(value_node, child, doc)
@@ -151,8 +153,11 @@ def _interpolate(
                 return ""
         name, sep, default = ref.partition(":-")
         if not _NAME.fullmatch(name):
-            doc.problem(path, f"'${{{ref}}}' is not a valid reference; use ${{NAME}}, "
-                              "${NAME:-default} or ${file:PATH}")
+            doc.problem(
+                path,
+                f"'${{{ref}}}' is not a valid reference; use ${{NAME}}, "
+                "${NAME:-default} or ${file:PATH}",
+            )
             doc.failed.add(path)
             return ""
         value = env.get(name)

@@ -46,8 +46,9 @@ def sftp(sftp_server: SftpServer) -> SftpServer:
 
 @pytest.fixture(scope="session")
 def emulator_server() -> Any:
-    api = Emulator(clients={CLIENT_KEY: CLIENT_SECRET}, basic={BASIC_USER: BASIC_PASSWORD},
-                   badge_metas=METAS).start()
+    api = Emulator(
+        clients={CLIENT_KEY: CLIENT_SECRET}, basic={BASIC_USER: BASIC_PASSWORD}, badge_metas=METAS
+    ).start()
     yield api
     api.stop()
 
@@ -97,45 +98,91 @@ class Bed:
     def secret_values(self) -> list[str]:
         values = list(self.env.values())
         values.remove(self.env["DATAFLOW_STATE_DIR"])
-        return values + [self.keys.private_key.read_text().splitlines()[3]]
+        return [*values, self.keys.private_key.read_text().splitlines()[3]]
 
-    def config(self, *, name: str = "acme-earned-badges", source: dict[str, Any] | None = None,
-               decrypt: dict[str, Any] | None = None, transform: dict[str, Any] | None = None,
-               sink: dict[str, Any] | None = None, file: str = "flow.yaml") -> Path:
+    def config(
+        self,
+        *,
+        name: str = "acme-earned-badges",
+        source: dict[str, Any] | None = None,
+        decrypt: dict[str, Any] | None = None,
+        transform: dict[str, Any] | None = None,
+        sink: dict[str, Any] | None = None,
+        file: str = "flow.yaml",
+    ) -> Path:
         shutil.copy(self.keys.private_key, self.dir / "private.asc")
         blocks = [
-            {"name": "connect_to_source", "type": "sftp_read", "hostname": "127.0.0.1",
-             "port": self.sftp.port, "username": self.sftp.user,
-             "password": "${T_SFTP_PASSWORD}", "known_hosts": str(self.sftp.known_hosts),
-             "source_directory": "/inbox", "filename_pattern": r"badges_.*\.csv(\.gpg)?",
-             "processed_directory": "/processed", "error_directory": "/errors",
-             **(source or {})},
-            {"name": "decrypt", "type": "pgp_decrypt", "private_key": "${file:private.asc}",
-             "passphrase": "${T_PGP_PASSPHRASE}", **(decrypt or {})},
-            {"name": "transform", "type": "field_mapping", "mapping": {
-                "badgeMetaId": "badge_id", "customerId": "customer_id",
-                "earnEventDate": {"column": "event_date", "date_format": "%d/%m/%Y %H:%M",
-                                  "timezone": "Asia/Kolkata"},
-                "earnExpiresOn": {"column": "expires_at", "date_format": "epoch"}},
-             **(transform or {})},
-            {"name": "connect_to_destination", "type": "http_write", "base_url": self.api.url,
-             "auth": {"type": "oauth", "client_key": "${T_CLIENT_KEY}",
-                      "client_secret": "${T_CLIENT_SECRET}"},
-             "batch_size": 3, "concurrency": 2, **(sink or {})},
+            {
+                "name": "connect_to_source",
+                "type": "sftp_read",
+                "hostname": "127.0.0.1",
+                "port": self.sftp.port,
+                "username": self.sftp.user,
+                "password": "${T_SFTP_PASSWORD}",
+                "known_hosts": str(self.sftp.known_hosts),
+                "source_directory": "/inbox",
+                "filename_pattern": r"badges_.*\.csv(\.gpg)?",
+                "processed_directory": "/processed",
+                "error_directory": "/errors",
+                **(source or {}),
+            },
+            {
+                "name": "decrypt",
+                "type": "pgp_decrypt",
+                "private_key": "${file:private.asc}",
+                "passphrase": "${T_PGP_PASSPHRASE}",
+                **(decrypt or {}),
+            },
+            {
+                "name": "transform",
+                "type": "field_mapping",
+                "mapping": {
+                    "badgeMetaId": "badge_id",
+                    "customerId": "customer_id",
+                    "earnEventDate": {
+                        "column": "event_date",
+                        "date_format": "%d/%m/%Y %H:%M",
+                        "timezone": "Asia/Kolkata",
+                    },
+                    "earnExpiresOn": {"column": "expires_at", "date_format": "epoch"},
+                },
+                **(transform or {}),
+            },
+            {
+                "name": "connect_to_destination",
+                "type": "http_write",
+                "base_url": self.api.url,
+                "auth": {
+                    "type": "oauth",
+                    "client_key": "${T_CLIENT_KEY}",
+                    "client_secret": "${T_CLIENT_SECRET}",
+                },
+                "batch_size": 3,
+                "concurrency": 2,
+                **(sink or {}),
+            },
         ]
-        doc = {"version": 1, "name": name, "template": "earned_badges",
-               "trigger": {"cron": "0 6 * * MON", "timezone": "Asia/Kolkata"},
-               "blocks": blocks}
+        doc = {
+            "version": 1,
+            "name": name,
+            "template": "earned_badges",
+            "trigger": {"cron": "0 6 * * MON", "timezone": "Asia/Kolkata"},
+            "blocks": blocks,
+        }
         path = self.dir / file
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "dataflow", *args],
-            env={**os.environ, **self.env, **(env or {})}, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            env={**os.environ, **self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def run_json(self, config: Path, *extra: str) -> tuple[int, dict[str, Any], str]:

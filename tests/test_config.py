@@ -81,7 +81,8 @@ def test_misspelt_block_type(tmp_path: Path) -> None:
 
 def test_nested_key_and_value_problems_are_all_reported(tmp_path: Path) -> None:
     text = GOOD.replace("timezone: Asia/Kolkata", "timezone: Asia/Kolkatta").replace(
-        "auth: {type: basic, username: u,", "auth: {type: basic, usernme: u,")
+        "auth: {type: basic, username: u,", "auth: {type: basic, usernme: u,"
+    )
     text = text.replace("    username: acme\n", "    username: acme\n    port: 70000\n")
     assert problems(tmp_path, text) == [
         "flow.yaml:6: trigger.timezone: unknown IANA timezone 'Asia/Kolkatta' (e.g. "
@@ -94,8 +95,9 @@ def test_nested_key_and_value_problems_are_all_reported(tmp_path: Path) -> None:
 
 def test_missing_environment_variable_and_file(tmp_path: Path) -> None:
     text = GOOD.replace("password: ${T_PASSWORD}", "password: ${NOT_SET_ANYWHERE}")
-    text = text.replace("    type: field_mapping\n", "    type: field_mapping\n"
-                        "    headers: ${file:nope.txt}\n")
+    text = text.replace(
+        "    type: field_mapping\n", "    type: field_mapping\n    headers: ${file:nope.txt}\n"
+    )
     assert problems(tmp_path, text) == [
         "flow.yaml:12: blocks[0].password: environment variable NOT_SET_ANYWHERE is not set",
         "flow.yaml:19: blocks[1].headers: ${file:nope.txt}: cannot read nope.txt: No such file "
@@ -123,7 +125,8 @@ def test_mandatory_field_not_mapped_and_unknown_field(tmp_path: Path) -> None:
 
 def test_bad_cron_unknown_template_and_order(tmp_path: Path) -> None:
     text = GOOD.replace('"0 6 * * MON"', '"0 6 * MON"').replace(
-        "template: earned_badges", "template: earned_badge")
+        "template: earned_badges", "template: earned_badge"
+    )
     assert problems(tmp_path, text) == [
         "flow.yaml:3: template: unknown template 'earned_badge'; did you mean 'earned_badges'?",
         "flow.yaml:5: trigger.cron: '0 6 * MON' is not a 5-field crontab (minute hour day "
@@ -141,7 +144,8 @@ def test_block_order_and_duplicate_names(tmp_path: Path) -> None:
 
 def test_invalid_regex_and_date_format(tmp_path: Path) -> None:
     text = GOOD.replace("'badges_.*\\.csv'", "'badges_(.csv'").replace(
-        'date_format: "%d/%m/%Y"', "date_format: dd/mm/yyyy")
+        'date_format: "%d/%m/%Y"', "date_format: dd/mm/yyyy"
+    )
     assert problems(tmp_path, text) == [
         "flow.yaml:14: blocks[0].filename_pattern: not a valid regular expression: missing ), "
         "unterminated subpattern at position 7",
@@ -155,16 +159,21 @@ def test_yaml_syntax_error_and_duplicate_key(tmp_path: Path) -> None:
         "flow.yaml:3: (yaml): invalid YAML: expected ',' or ']', but got '<stream end>'",
     ]
     assert problems(tmp_path, GOOD.replace("version: 1\n", "version: 1\nversion: 1\n"))[0] == (
-        "flow.yaml:2: version: duplicate key")
+        "flow.yaml:2: version: duplicate key"
+    )
 
 
 def test_secret_values_never_printed(tmp_path: Path) -> None:
     text = GOOD.replace("auth: {type: basic, username: u,", "auth: {type: basic, user: u,")
     path = tmp_path / "flow.yaml"
     path.write_text(text)
-    result = subprocess.run([sys.executable, "-m", "dataflow", "validate", str(path)],
-                            env={"T_PASSWORD": "s3cret-value", "PATH": "/usr/bin:/bin"},
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "dataflow", "validate", str(path)],
+        env={"T_PASSWORD": "s3cret-value", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2
     assert "unknown key 'user'; did you mean 'username'?" in result.stdout
     assert "s3cret-value" not in result.stdout + result.stderr
@@ -184,8 +193,11 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     bad.write_text(GOOD.replace("version: 1", "version: 2"))
     run = lambda *files: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "dataflow", "validate", *map(str, files)],
-        env={"T_PASSWORD": "pw-value", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-        check=False)
+        env={"T_PASSWORD": "pw-value", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     ok = run(good)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "ok (acme-earned-badges, template earned_badges, 3 blocks)" in ok.stdout
@@ -201,15 +213,31 @@ def configs_copy(tmp_path: Path) -> Path:
     keys = PgpKeys(tmp_path, "pw").generate()
     shutil.copy(keys.private_key, target / "acme" / "secrets" / "acme-private.asc")
     (target / "globex" / "secrets").mkdir(exist_ok=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                    str(target / "globex" / "secrets" / "globex-sftp-key")], check=True)
+    subprocess.run(
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            str(target / "globex" / "secrets" / "globex-sftp-key"),
+        ],
+        check=True,
+    )
     return target
 
 
 def test_every_example_config_validates(configs_copy: Path) -> None:
     files = sorted(configs_copy.rglob("*.yaml"))
     assert len(files) >= 2
-    env = {"ACME_SFTP_PASSWORD": "x", "ACME_PGP_PASSPHRASE": "x", "ACME_CLIENT_KEY": "x",
-           "ACME_CLIENT_SECRET": "x", "GLOBEX_API_PASSWORD": "x"}
+    env = {
+        "ACME_SFTP_PASSWORD": "x",
+        "ACME_PGP_PASSPHRASE": "x",
+        "ACME_CLIENT_KEY": "x",
+        "ACME_CLIENT_SECRET": "x",
+        "GLOBEX_API_PASSWORD": "x",
+    }
     for path in files:
         load_dataflow(path, env=env)  # raises ConfigError with every problem

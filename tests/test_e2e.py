@@ -39,16 +39,26 @@ def test_earned_badges_end_to_end(bed: Bed) -> None:
     assert report["status"] == "partial"
     (f,) = report["files"]
     assert f["name"] == NAME and f["status"] == "partial"
-    assert (f["rows_total"], f["rows_filtered"], f["rows_rejected"], f["rows_sent"],
-            f["rows_succeeded"], f["rows_failed"]) == (10, 0, 5, 5, 4, 1)
+    assert (
+        f["rows_total"],
+        f["rows_filtered"],
+        f["rows_rejected"],
+        f["rows_sent"],
+        f["rows_succeeded"],
+        f["rows_failed"],
+    ) == (10, 0, 5, 5, 4, 1)
     assert f["processed_path"] == f"/processed/{NAME}"
     assert re.fullmatch(r"/errors/result_\d{14}_badges_2026-11-16\.csv", f["error_file"])
 
     # exactly what the API received, with the template's types
     received = sorted(bed.api.received(), key=lambda r: r["customerId"])
     assert [r["customerId"] for r in received] == [1001, 1002, 1003, 1010]
-    assert received[0] == {"badgeMetaId": "BADGE-GOLD", "customerId": 1001,
-                           "earnEventDate": IST_0930_16NOV, "earnExpiresOn": 1798761600}
+    assert received[0] == {
+        "badgeMetaId": "BADGE-GOLD",
+        "customerId": 1001,
+        "earnEventDate": IST_0930_16NOV,
+        "earnExpiresOn": 1798761600,
+    }
 
     # the server's files
     assert bed.sftp.files("inbox") == []
@@ -56,21 +66,35 @@ def test_earned_badges_end_to_end(bed: Bed) -> None:
     error_name = f["error_file"].rsplit("/", 1)[1]
     assert bed.sftp.files("errors") == [error_name]
     rows = read_error_file(bed, error_name)
-    assert rows[0] == ["badge_id", "customer_id", "event_date", "expires_at", "LINE_NO",
-                       "error_stage", "status_code", "error_message"]
+    assert rows[0] == [
+        "badge_id",
+        "customer_id",
+        "event_date",
+        "expires_at",
+        "LINE_NO",
+        "error_stage",
+        "status_code",
+        "error_message",
+    ]
     by_line = {int(r[4]): r for r in rows[1:]}
     assert sorted(by_line) == [5, 6, 7, 8, 9, 10]
     assert by_line[5][:4] == SAMPLE_ROWS[3].split(",")
     assert by_line[5][5:] == ["transform", "", "customerId: empty (column 'customer_id')"]
-    assert by_line[6][7] == "earnEventDate: '2026-11-17' does not match date_format " \
-                            "'%d/%m/%Y %H:%M'"
+    assert (
+        by_line[6][7] == "earnEventDate: '2026-11-17' does not match date_format '%d/%m/%Y %H:%M'"
+    )
     assert by_line[7][7] == "customerId: 'abc' is not a positive integer"
     assert by_line[8][7] == "earnExpiresOn: must be after earnEventDate"
-    assert by_line[9][5:] == ["destination", "1054",
-                              "Badge meta BADGE-UNKNOWN not found or inactive"]
+    assert by_line[9][5:] == [
+        "destination",
+        "1054",
+        "Badge meta BADGE-UNKNOWN not found or inactive",
+    ]
     assert by_line[10][:4] == ["", "", "", ""]
-    assert by_line[10][7] == ("malformed line: expected 4 fields, found 5: "
-                              "BADGE-GOLD,1009,19/11/2026 07:45,1798761600,extra")
+    assert by_line[10][7] == (
+        "malformed line: expected 4 fields, found 5: "
+        "BADGE-GOLD,1009,19/11/2026 07:45,1798761600,extra"
+    )
     assert len(rows) - 1 == f["rows_rejected"] + f["rows_failed"]
 
     assert_no_secrets(bed, stderr, str(report), "\n".join(",".join(r) for r in rows))
@@ -159,8 +183,9 @@ def test_processed_name_taken_gets_a_timestamp_suffix(bed: Bed) -> None:
 
 def test_bad_api_credentials_stop_the_run_and_keep_the_file(bed: Bed) -> None:
     put_sample(bed)
-    result = bed.run("run", str(bed.config()), "--json",
-                     env={"T_CLIENT_SECRET": "wrong-secret-value"})
+    result = bed.run(
+        "run", str(bed.config()), "--json", env={"T_CLIENT_SECRET": "wrong-secret-value"}
+    )
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["status"] == "failure"
@@ -174,7 +199,7 @@ def test_unknown_host_key_is_refused(bed: Bed) -> None:
     put_sample(bed)
     empty = bed.dir / "empty_known_hosts"
     empty.write_text("")
-    code, report, stderr = bed.run_json(bed.config(source={"known_hosts": str(empty)}))
+    code, report, _stderr = bed.run_json(bed.config(source={"known_hosts": str(empty)}))
     assert code == 1
     assert f"host key of [127.0.0.1]:{bed.sftp.port} is unknown" in report["reason"]
     assert "ssh-keyscan -p" in report["reason"]

@@ -108,7 +108,7 @@ MappingValue = Annotated[
 ]
 
 
-class Config(BlockConfig):
+class FieldMappingConfig(BlockConfig):
     type: Literal["field_mapping"] = "field_mapping"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
     encoding: str = "utf-8"
@@ -132,7 +132,7 @@ class Config(BlockConfig):
         return value
 
     @model_validator(mode="after")
-    def _headers(self) -> Config:
+    def _headers(self) -> FieldMappingConfig:
         if self.headerless and not self.headers:
             raise ValueError("headerless: true needs headers (the column names, in order)")
         if self.headers and not self.headerless:
@@ -154,8 +154,10 @@ class Config(BlockConfig):
         for field in template.fields:
             if field not in self.mapping:
                 problems.append(
-                    (("mapping",), f"mandatory field '{field}' of template {template.name} "
-                                   "is not mapped")
+                    (
+                        ("mapping",),
+                        f"mandatory field '{field}' of template {template.name} is not mapped",
+                    )
                 )
         for field, spec in self.specs.items():
             where = ("mapping", field)
@@ -163,10 +165,14 @@ class Config(BlockConfig):
                 import difflib
 
                 close = difflib.get_close_matches(field, list(kinds), n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else (
-                    f"; its fields are: {', '.join(kinds)}")
-                problems.append((where, f"'{field}' is not a field of template "
-                                        f"{template.name}{hint}"))
+                hint = (
+                    f"; did you mean '{close[0]}'?"
+                    if close
+                    else (f"; its fields are: {', '.join(kinds)}")
+                )
+                problems.append(
+                    (where, f"'{field}' is not a field of template {template.name}{hint}")
+                )
                 continue
             if spec.date_format is not None and kinds[field] not in DATE_KINDS:
                 problems.append((where, f"date_format given, but '{field}' is not a date"))
@@ -176,8 +182,8 @@ class Config(BlockConfig):
 
 
 class FieldMapping(Transform):
-    Config = Config
-    config: Config
+    Config = FieldMappingConfig
+    config: FieldMappingConfig
 
     def read(self, path: Path) -> RowStream:
         c = self.config
@@ -189,7 +195,8 @@ class FieldMapping(Transform):
             block_chars=c.chunk_bytes,
         )
         missing = [
-            s.column for s in c.specs.values()
+            s.column
+            for s in c.specs.values()
             if s.column is not None and s.column not in chunks.columns
         ]
         if missing:
@@ -252,7 +259,8 @@ def map_rows(
         problems.loc[rule.index] = rule
         ok = problems == ""
     rejected = [
-        RowError(int(n), STAGE_TRANSFORM, str(msg)) for n, msg in problems[~ok].items()
+        RowError(int(n), STAGE_TRANSFORM, str(msg))  # type: ignore[call-overload]
+        for n, msg in problems[~ok].items()
     ]
     return records[ok], rejected
 
@@ -260,7 +268,11 @@ def map_rows(
 def _note(problems: pd.Series[Any], mask: pd.Series[Any], message: Any) -> None:
     if not mask.any():
         return
-    msg = message[mask] if isinstance(message, pd.Series) else pd.Series(message, index=mask.index)[mask]
+    msg = (
+        message[mask]
+        if isinstance(message, pd.Series)
+        else pd.Series(message, index=mask.index)[mask]
+    )
     current = problems[mask]
     problems.loc[mask] = current.where(current == "", current + "; ") + msg
 
@@ -303,13 +315,13 @@ def parse_dates(values: pd.Series[Any], formats: list[str], timezone: str) -> pd
     return result
 
 
-def _parse_one(values: pd.Series[Any], fmt: str, timezone: str) -> pd.Series[Any]:
+def _parse_one(values: Any, fmt: str, timezone: str) -> Any:
     if fmt in ("epoch", "epoch_ms"):
-        numbers = pd.to_numeric(values, errors="coerce")
+        numbers: Any = pd.to_numeric(values, errors="coerce")
         unit = "s" if fmt == "epoch" else "ms"
         limit = 253402300799 * (1 if unit == "s" else 1000)  # 9999-12-31
         numbers = numbers.where((numbers >= 0) & (numbers <= limit))
-        return pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce").astype(
+        return pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce").astype(  # type: ignore[call-overload]
             "datetime64[us, UTC]"
         )
     if fmt == "iso8601":
@@ -329,7 +341,7 @@ def _parse_one(values: pd.Series[Any], fmt: str, timezone: str) -> pd.Series[Any
     return _localize(parsed, timezone)
 
 
-def _localize(naive: pd.Series[Any], timezone: str) -> pd.Series[Any]:
+def _localize(naive: Any, timezone: str) -> Any:
     if getattr(naive.dt, "tz", None) is not None:
         return naive.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     local = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -62,7 +61,7 @@ class Rate(BaseModel):
     per: Literal["second", "minute", "hour"] = "minute"
 
 
-class Config(BlockConfig):
+class HttpWriteConfig(BlockConfig):
     type: Literal["http_write"] = "http_write"
     base_url: str
     endpoint: str | None = None
@@ -98,10 +97,10 @@ class Config(BlockConfig):
 
 
 class HttpWrite(Sink):
-    Config = Config
-    config: Config
+    Config = HttpWriteConfig
+    config: HttpWriteConfig
 
-    def __init__(self, config: Config, context: Any) -> None:
+    def __init__(self, config: HttpWriteConfig, context: Any) -> None:
         super().__init__(config, context)
         self.template: Template = context.template
         self.endpoint = config.endpoint or self.template.endpoint
@@ -123,10 +122,14 @@ class HttpWrite(Sink):
             base_url=c.base_url,
             timeout=c.timeout_seconds,
             verify=verify,
-            limits=httpx.Limits(max_connections=c.concurrency,
-                                max_keepalive_connections=c.concurrency),
-            headers={"Content-Type": "application/json", "Accept": "application/json",
-                     "User-Agent": "dataflow/0.1"},
+            limits=httpx.Limits(
+                max_connections=c.concurrency, max_keepalive_connections=c.concurrency
+            ),
+            headers={
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": "dataflow/0.1",
+            },
         )
 
     async def send(self, requests: AsyncIterator[Request], on_result: OnResult) -> None:
@@ -177,8 +180,9 @@ class HttpWrite(Sink):
             if status in c.yielding_status_codes:
                 wait = retry_after(response.headers.get("Retry-After"), backoff(1))
                 if yielded + wait > c.max_yield_seconds:
-                    return self._exhausted(request, str(status),
-                                           f"HTTP {status}: still throttled after {yielded:.0f}s")
+                    return self._exhausted(
+                        request, str(status), f"HTTP {status}: still throttled after {yielded:.0f}s"
+                    )
                 yielded += wait
                 log.info("HTTP %d: waiting %.1fs (Retry-After)", status, wait)
                 await asyncio.sleep(wait)
@@ -186,8 +190,11 @@ class HttpWrite(Sink):
             if status in c.recoverable_status_codes:
                 attempt += 1
                 if attempt > c.max_retries:
-                    return self._exhausted(request, str(status), f"HTTP {status} after "
-                                           f"{attempt} attempts: {_api_message(response)}")
+                    return self._exhausted(
+                        request,
+                        str(status),
+                        f"HTTP {status} after {attempt} attempts: {_api_message(response)}",
+                    )
                 await asyncio.sleep(backoff(attempt))
                 continue
             if status in (401, 498) and self.auth.renewable and not renewed:
@@ -245,5 +252,3 @@ def _api_message(response: httpx.Response, payload: Any = None) -> str:
                 return str(payload[key])
     text = response.text.strip().replace("\n", " ")
     return text[:200] or response.reason_phrase
-
-

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 _SIGNATURE_ONLY = ("NO_PUBKEY", "ERRSIG")
 
 
-class Config(BlockConfig):
+class PgpDecryptConfig(BlockConfig):
     type: Literal["pgp_decrypt"] = "pgp_decrypt"
     private_key: SecretStr
     passphrase: SecretStr | None = None
@@ -71,8 +71,10 @@ def armored_key(text: str) -> str:
 def classify_failure(stderr: str) -> str:
     """A plain reason from gpg's status lines."""
     if "NO_SECKEY" in stderr:
-        return ("the file is encrypted for a key we do not hold (gpg: NO_SECKEY); ask the "
-                "vendor which public key they used, or configure the matching private_key")
+        return (
+            "the file is encrypted for a key we do not hold (gpg: NO_SECKEY); ask the "
+            "vendor which public key they used, or configure the matching private_key"
+        )
     if "BAD_PASSPHRASE" in stderr or "pkdecrypt_failed" in stderr or "MISSING_PASSPHRASE" in stderr:
         for line in stderr.splitlines():
             if "pkdecrypt_failed" in line:
@@ -98,10 +100,10 @@ def _last_error(stderr: str) -> str:
 
 
 class PgpDecrypt(FileStep):
-    Config = Config
-    config: Config
+    Config = PgpDecryptConfig
+    config: PgpDecryptConfig
 
-    def __init__(self, config: Config, context: Any) -> None:
+    def __init__(self, config: PgpDecryptConfig, context: Any) -> None:
         super().__init__(config, context)
         self._home: str | None = None
         self._gpg: gnupg.GPG | None = None
@@ -130,7 +132,9 @@ class PgpDecrypt(FileStep):
             return
         subprocess.run(
             ["gpgconf", "--homedir", self._home, "--kill", "gpg-agent"],
-            check=False, capture_output=True, timeout=30,
+            check=False,
+            capture_output=True,
+            timeout=30,
         )
         shutil.rmtree(self._home, ignore_errors=True)
         self._home = None
@@ -153,8 +157,9 @@ class PgpDecrypt(FileStep):
             out.unlink(missing_ok=True)  # gpg leaves partial plaintext behind
             raise FileRejected(classify_failure(stderr))
         if result.returncode != 0:
-            log.warning("%s: signature not verified (signer's key unknown); decrypted anyway",
-                        path.name)
+            log.warning(
+                "%s: signature not verified (signer's key unknown); decrypted anyway", path.name
+            )
         path.unlink()
         return out
 

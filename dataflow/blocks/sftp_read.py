@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import logging
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".dataflow-"
 
 
-class Config(BlockConfig):
+class SftpReadConfig(BlockConfig):
     type: Literal["sftp_read"] = "sftp_read"
     hostname: str
     port: int = Field(default=22, ge=1, le=65535)
@@ -89,7 +90,7 @@ class Config(BlockConfig):
         return value.rstrip("/") or "/"
 
     @model_validator(mode="after")
-    def _credentials(self) -> Config:
+    def _credentials(self) -> SftpReadConfig:
         if self.password is None and self.private_key is None:
             raise ValueError("give password or private_key")
         if self.private_key is not None:
@@ -132,10 +133,10 @@ class _HashingWriter:
 
 
 class SftpRead(Source):
-    Config = Config
-    config: Config
+    Config = SftpReadConfig
+    config: SftpReadConfig
 
-    def __init__(self, config: Config, context: Any) -> None:
+    def __init__(self, config: SftpReadConfig, context: Any) -> None:
         super().__init__(config, context)
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -269,8 +270,12 @@ class SftpRead(Source):
                 continue
             mtime = int(attr.st_mtime or 0)
             if now - mtime < c.min_file_age_seconds:
-                log.info("skipping %s: modified %ds ago (min_file_age_seconds=%d)",
-                         path, now - mtime, c.min_file_age_seconds)
+                log.info(
+                    "skipping %s: modified %ds ago (min_file_age_seconds=%d)",
+                    path,
+                    now - mtime,
+                    c.min_file_age_seconds,
+                )
                 continue
             ok_path = None
             if c.ok_file:
@@ -393,7 +398,5 @@ class SftpRead(Source):
                 raise self._io("mkdir", directory, exc) from exc
 
     def _remove_quietly(self, path: str) -> None:
-        try:
+        with contextlib.suppress(OSError, paramiko.SSHException):
             self.sftp.remove(path)
-        except (OSError, paramiko.SSHException):
-            pass
