@@ -90,7 +90,7 @@ class CsvChunks:
         except UnicodeDecodeError as exc:
             raise FileRejected(
                 f"the file is not valid {exc.encoding} (byte 0x{exc.object[exc.start]:02x} "
-                "after line {self.next_line}); set `encoding:` on the field_mapping block"
+                f"after line {self.next_line}); set `encoding:` on the field_mapping block"
             ) from exc
 
     def _readline(self) -> str:

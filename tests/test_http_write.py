@@ -25,7 +25,10 @@ EVENT = 1794801600
 
 def make(api: Emulator, tmp_path: Path, **overrides: Any) -> HttpWrite:
     values: dict[str, Any] = {
-        "name": "dest", "base_url": api.url, "batch_size": 2, "concurrency": 2,
+        "name": "dest",
+        "base_url": api.url,
+        "batch_size": 2,
+        "concurrency": 2,
         "auth": {"type": "oauth", "client_key": CLIENT_KEY, "client_secret": CLIENT_SECRET},
     }
     values.update(overrides)
@@ -38,8 +41,15 @@ def requests(n: int, per: int = 2, meta: str = "BADGE-GOLD", first: int = 2) -> 
     out = []
     for start in range(0, n, per):
         lines = tuple(range(start + first, min(n, start + per) + first))
-        body = [{"badgeMetaId": meta, "customerId": line, "earnEventDate": EVENT,
-                 "earnExpiresOn": EVENT + 86400} for line in lines]
+        body = [
+            {
+                "badgeMetaId": meta,
+                "customerId": line,
+                "earnEventDate": EVENT,
+                "earnExpiresOn": EVENT + 86400,
+            }
+            for line in lines
+        ]
         out.append(Request(lines, orjson.dumps(body), source))
     return out
 
@@ -57,10 +67,18 @@ def send(block: HttpWrite, reqs: list[Request]) -> list[RecordResult]:
 
 def test_sends_batches_and_parses_records(api: Emulator, tmp_path: Path) -> None:
     results = send(make(api, tmp_path), requests(5) + requests(1, meta="NOPE", first=100))
-    assert [(r.line_no, r.ok) for r in results] == [(2, True), (3, True), (4, True), (5, True),
-                                                     (6, True), (100, False)]
+    assert [(r.line_no, r.ok) for r in results] == [
+        (2, True),
+        (3, True),
+        (4, True),
+        (5, True),
+        (6, True),
+        (100, False),
+    ]
     assert (results[-1].status_code, results[-1].message) == (
-        "1054", "Badge meta NOPE not found or inactive")
+        "1054",
+        "Badge meta NOPE not found or inactive",
+    )
     assert sorted(r["customerId"] for r in api.received()) == [2, 3, 4, 5, 6]
     assert [q["method"] for q in api.requests()] == ["PUT"] * 4
     assert api.token_requests() == 1  # the token is cached
@@ -124,12 +142,15 @@ def test_bad_oauth_secret_stops_the_run(api: Emulator, tmp_path: Path) -> None:
         send(make(api, tmp_path, auth=auth), requests(2))
 
 
-def test_whole_batch_4xx_fails_its_rows_with_the_api_message(api: Emulator,
-                                                             tmp_path: Path) -> None:
+def test_whole_batch_4xx_fails_its_rows_with_the_api_message(api: Emulator, tmp_path: Path) -> None:
     api.configure(fail_next=[400])
     results = send(make(api, tmp_path, concurrency=1), requests(4))
-    assert [(r.ok, r.status_code) for r in results] == [(False, "400"), (False, "400"),
-                                                          (True, ""), (True, "")]
+    assert [(r.ok, r.status_code) for r in results] == [
+        (False, "400"),
+        (False, "400"),
+        (True, ""),
+        (True, ""),
+    ]
     assert results[0].message == "HTTP 400: 400 injected HTTP 400"
 
 

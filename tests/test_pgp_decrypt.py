@@ -17,8 +17,9 @@ from dataflow.templates import EARNED_BADGES
 PLAIN = b"badge_id,customer_id\n" + b"".join(b"B,%d\n" % i for i in range(1, 20000))
 
 
-def make_block(keys: PgpKeys, tmp_path: Path, passphrase: str | None = None,
-               private_key: str | None = None) -> PgpDecrypt:
+def make_block(
+    keys: PgpKeys, tmp_path: Path, passphrase: str | None = None, private_key: str | None = None
+) -> PgpDecrypt:
     config = PgpDecryptConfig(
         name="decrypt",
         private_key=SecretStr(private_key or keys.private_key.read_text()),
@@ -70,8 +71,7 @@ def test_wrong_passphrase_fails_even_after_a_right_one(
     assert not (tmp_path / "decrypted").exists()
 
 
-def test_file_for_another_key(block: PgpDecrypt, other_pgp_keys: PgpKeys, tmp_path: Path
-                              ) -> None:
+def test_file_for_another_key(block: PgpDecrypt, other_pgp_keys: PgpKeys, tmp_path: Path) -> None:
     with pytest.raises(FileRejected, match="encrypted for a key we do not hold"):
         block.apply(encrypted(other_pgp_keys, tmp_path), tmp_path)
 
@@ -90,8 +90,11 @@ def test_damaged_input_leaves_no_partial_plaintext(
     else:
         data = bytearray(PLAIN)
     source.write_bytes(bytes(data))
-    expected = {"corrupt": "corrupt|decryption failed", "truncated": "truncated|corrupt",
-                "not_pgp": "not PGP data"}[damage]
+    expected = {
+        "corrupt": "corrupt|decryption failed",
+        "truncated": "truncated|corrupt",
+        "not_pgp": "not PGP data",
+    }[damage]
     with pytest.raises(FileRejected, match=expected):
         block.apply(source, tmp_path)
     assert not (tmp_path / "decrypted").exists()

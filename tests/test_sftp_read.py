@@ -22,10 +22,16 @@ from dataflow.templates import EARNED_BADGES
 
 def make(sftp: SftpServer, tmp_path: Path, **overrides: Any) -> SftpRead:
     values: dict[str, Any] = dict(
-        name="src", hostname="127.0.0.1", port=sftp.port, username=sftp.user,
-        password=SecretStr(sftp.password), known_hosts=str(sftp.known_hosts),
-        source_directory="/inbox", filename_pattern=r"badges_.*\.csv",
-        processed_directory="/processed", error_directory="/errors",
+        name="src",
+        hostname="127.0.0.1",
+        port=sftp.port,
+        username=sftp.user,
+        password=SecretStr(sftp.password),
+        known_hosts=str(sftp.known_hosts),
+        source_directory="/inbox",
+        filename_pattern=r"badges_.*\.csv",
+        processed_directory="/processed",
+        error_directory="/errors",
     )
     values.update(overrides)
     return SftpRead(SftpReadConfig(**values), RunContext("t", EARNED_BADGES, tmp_path, tmp_path))
@@ -56,8 +62,10 @@ def test_min_age_recursion_and_ok_files(sftp: SftpServer, tmp_path: Path) -> Non
     block = make(sftp, tmp_path, min_file_age_seconds=60, search_recursively=True)
     block.open()
     try:
-        assert [f.path for f in block.list_files()] == ["/inbox/badges_old.csv",
-                                                         "/inbox/sub/badges_deep.csv"]
+        assert [f.path for f in block.list_files()] == [
+            "/inbox/badges_old.csv",
+            "/inbox/sub/badges_deep.csv",
+        ]
     finally:
         block.close()
     block = make(sftp, tmp_path, ok_file=True)
@@ -82,8 +90,9 @@ def test_download_streams_and_hashes(src: SftpRead, sftp: SftpServer, tmp_path: 
     assert (tmp_path / "dl").read_bytes() == data
 
 
-def test_uploads_are_atomic_and_never_overwrite(src: SftpRead, sftp: SftpServer,
-                                                tmp_path: Path) -> None:
+def test_uploads_are_atomic_and_never_overwrite(
+    src: SftpRead, sftp: SftpServer, tmp_path: Path
+) -> None:
     local = tmp_path / "e.csv"
     local.write_text("a,b\n")
     first = src.upload_error_file(local, "result_x.csv")
@@ -98,8 +107,9 @@ def test_unknown_and_changed_host_keys_are_refused(sftp: SftpServer, tmp_path: P
     empty.write_text("")
     with pytest.raises(FatalError, match=r"is unknown: no entry .*ssh-keyscan -p"):
         make(sftp, tmp_path, known_hosts=str(empty)).open()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True
+    )
     kind, key = (tmp_path / "k.pub").read_text().split()[:2]
     changed = tmp_path / "kh2"
     changed.write_text(f"[127.0.0.1]:{sftp.port} {kind} {key}\n")
@@ -122,8 +132,13 @@ def test_private_key_auth(sftp: SftpServer, tmp_path: Path, form: str) -> None:
     text = key.read_text()
     if form == "base64":
         text = base64.b64encode(text.encode()).decode()
-    block = make(sftp, tmp_path, password=None, private_key=SecretStr(text),
-                 key_passphrase=SecretStr("key-pass"))
+    block = make(
+        sftp,
+        tmp_path,
+        password=None,
+        private_key=SecretStr(text),
+        key_passphrase=SecretStr("key-pass"),
+    )
     block.open()
     try:
         assert block.list_files() == []
@@ -135,9 +150,16 @@ def test_encrypted_key_without_passphrase_is_a_config_error(tmp_path: Path) -> N
     key = tmp_path / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pw", "-f", str(key)], check=True)
     with pytest.raises(ValueError, match="private_key is encrypted: set key_passphrase"):
-        SftpReadConfig(name="s", hostname="h", username="u", private_key=SecretStr(
-            key.read_text()), source_directory="/i", filename_pattern="x",
-            processed_directory="/p", error_directory="/e")
+        SftpReadConfig(
+            name="s",
+            hostname="h",
+            username="u",
+            private_key=SecretStr(key.read_text()),
+            source_directory="/i",
+            filename_pattern="x",
+            processed_directory="/p",
+            error_directory="/e",
+        )
 
 
 def test_unzip(sftp: SftpServer, tmp_path: Path) -> None:
