@@ -16,7 +16,8 @@ def parse(path: Path, block_chars: int, **kw: object) -> tuple[list, list, int, 
     rows, bad, blank = [], [], 0
     for block in chunks:
         rows += [
-            (int(i), list(r)) for i, r in zip(block.rows.index, block.rows.itertuples(index=False))
+            (int(i), list(r))
+            for i, r in zip(block.rows.index, block.rows.itertuples(index=False), strict=True)
         ]
         bad += [(n, raw) for n, raw, _ in block.malformed]
         blank += block.blank
@@ -102,7 +103,7 @@ def test_bom_encoding_delimiter_headerless(tmp_path: Path) -> None:
 def test_undecodable_bytes_are_a_file_level_failure(tmp_path: Path) -> None:
     path = tmp_path / "f.csv"
     path.write_bytes(b"a,b\n\xff\xfe,1\n")
-    with pytest.raises(FileRejected, match="not valid utf-8.*set `encoding:`"):
+    with pytest.raises(FileRejected, match=r"not valid utf-8.*set `encoding:`"):
         parse(path, 1 << 20)
 
 
