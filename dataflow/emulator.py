@@ -57,6 +57,8 @@ class State:
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry
     token_requests: int = 0
     received: list[dict[str, Any]] = field(default_factory=list)
+    store: bool = True  # False: count accepted records only (benchmarks)
+    accepted: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)
     throttle_next: int = 0
@@ -75,6 +77,7 @@ class State:
             "retry_after",
             "latency_ms",
             "throttle_next",
+            "store",
         ):
             if key in data:
                 setattr(self, key, data[key])
@@ -194,14 +197,17 @@ def create_app(state: State | None = None) -> Starlette:
                 continue
             earned_id = state.next_id
             state.next_id += 1
-            state.received.append(record)
+            state.accepted += 1
+            if state.store:
+                state.received.append(record)
             out.append(
                 {"data": {**record, "earnedBadgeId": earned_id}, "errors": None, "warnings": []}
             )
         return _json(out)
 
     async def received(request: Request) -> Response:
-        return _json({"records": state.received, "token_requests": state.token_requests})
+        return _json({"records": state.received, "accepted": state.accepted,
+                      "token_requests": state.token_requests})
 
     async def requests(request: Request) -> Response:
         return _json(state.requests)
@@ -217,6 +223,7 @@ def create_app(state: State | None = None) -> Starlette:
         state.throttle_next = 0
         state.error_rate = state.throttle_rate = state.latency_ms = 0
         state.token_requests = 0
+        state.accepted = 0
         return _json({"ok": True})
 
     return Starlette(
