@@ -206,8 +206,13 @@ def create_app(state: State | None = None) -> Starlette:
         return _json(out)
 
     async def received(request: Request) -> Response:
-        return _json({"records": state.received, "accepted": state.accepted,
-                      "token_requests": state.token_requests})
+        return _json(
+            {
+                "records": state.received,
+                "accepted": state.accepted,
+                "token_requests": state.token_requests,
+            }
+        )
 
     async def requests(request: Request) -> Response:
         return _json(state.requests)
