@@ -114,6 +114,7 @@ async def _send_rows(
     chain: Chain, stream: RowStream, errors: ErrorFile, report: FileReport
 ) -> None:
     chunks: Iterator[Chunk] = iter(stream)
+    file_id = report.sha256 or report.lineage_id
 
     def next_chunk() -> tuple[Chunk, list[Request]] | None:
         chunk = next(chunks, None)
@@ -121,7 +122,7 @@ async def _send_rows(
             return None
         requests = list(
             chain.template.build_requests(
-                chain.template, chunk.records, chunk.source, chain.batch_size
+                chain.template, chunk.records, chunk.source, chain.batch_size, file_id
             )
         )
         return chunk, requests

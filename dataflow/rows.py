@@ -49,7 +49,8 @@ class Request:
     line_nos: tuple[int, ...]
     body: bytes  # serialised JSON
     source: pd.DataFrame  # source values of the chunk these lines came from
-    group: tuple[str, ...] = ()  # the grouping key, for bulk templates
+    customers: tuple[int, ...] = ()  # customerId of each line, for bulk templates
+    request_id: str | None = None  # the idempotency key, for bulk templates
 
 
 @dataclass(frozen=True)

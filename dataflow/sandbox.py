@@ -188,6 +188,12 @@ class Emulator:
     def received(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/__emulator/received")["records"])
 
+    def earned(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/__emulator/received")["earned"])
+
+    def issued(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/__emulator/received")["issued"])
+
     def token_requests(self) -> int:
         return int(self._call("GET", "/__emulator/received")["token_requests"])
 

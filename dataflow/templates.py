@@ -12,11 +12,18 @@ Field kinds:
 - ``iso_ms``: a date, sent as ISO-8601 UTC with milliseconds (``2026-11-16T06:00:00.000Z``);
 - ``owner_type``: one of `OWNER_TYPES`.
 
+Two request shapes exist: the import API takes a JSON array of records, in file order; the
+bulk APIs take one request per group of rows sharing the `group_by` fields, with at most
+`batch_size` customers and a `requestId` derived from the file's content hash and the
+request's rows, so that a retried or resumed request is recognised by the server (error 809)
+and never issues twice.
+
 Adding a template is one `Template(...)` value registered in `TEMPLATES`; see docs/templates.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +48,9 @@ OWNER_TYPES = (
 )
 
 RowRule = Callable[[pd.DataFrame], "pd.Series[Any]"]
-RequestBuilder = Callable[["Template", pd.DataFrame, pd.DataFrame, int], Iterator[Request]]
+RequestBuilder = Callable[["Template", pd.DataFrame, pd.DataFrame, int, str], Iterator[Request]]
 ResponseParser = Callable[[Request, int, Any], list[RecordResult]]
+BodyMaker = Callable[[dict[str, Any], list[int], str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class Template:
     parse_response: ResponseParser
     optional: dict[str, str] = field(default_factory=dict)
     row_rule: RowRule | None = None  # returns a message per row, "" where the row is fine
+    group_by: tuple[str, ...] = ()  # bulk templates: rows sharing these go in one request
+    make_body: BodyMaker | None = None  # bulk templates: (group values, customers, requestId)
 
     @property
     def all_fields(self) -> dict[str, str]:
@@ -77,7 +87,7 @@ def to_json_value(series: pd.Series[Any], kind: str) -> list[Any]:
 
 
 def build_array_requests(
-    template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int
+    template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int, file_id: str
 ) -> Iterator[Request]:
     """Rows in file order, `batch_size` per request, as a JSON array of objects."""
     kinds = template.all_fields
@@ -138,4 +148,135 @@ EARNED_BADGES = Template(
     row_rule=_expires_after_event,
 )
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (EARNED_BADGES,)}
+# --- the bulk APIs: one request per group, customers listed ---------------------------------
+
+
+def request_id(file_id: str, template: str, group: tuple[Any, ...], lines: tuple[int, ...]) -> str:
+    """Deterministic: the same file content and rows always give the same requestId."""
+    text = f"{file_id}|{template}|{group!r}|{lines[0]}-{lines[-1]}:{len(lines)}|{lines!r}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def build_grouped_requests(
+    template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int, file_id: str
+) -> Iterator[Request]:
+    """Rows grouped by `template.group_by` (first appearance order), `batch_size` per request."""
+    if records.empty or template.make_body is None:
+        return
+    kinds = template.all_fields
+    keys = template.group_by
+    values = {name: to_json_value(records[name], kinds[name]) for name in keys}
+    customers = to_json_value(records["customerId"], "customer_id")
+    lines = [int(i) for i in records.index]
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for position, group in enumerate(zip(*(values[k] for k in keys), strict=True)):
+        groups.setdefault(group, []).append(position)
+    for group, positions in groups.items():
+        for start in range(0, len(positions), batch_size):
+            part = positions[start : start + batch_size]
+            part_lines = tuple(lines[p] for p in part)
+            part_customers = tuple(customers[p] for p in part)
+            rid = request_id(file_id, template.name, group, part_lines)
+            body = template.make_body(
+                dict(zip(keys, group, strict=True)), list(part_customers), rid
+            )
+            yield Request(part_lines, orjson.dumps(body), source, part_customers, rid)
+
+
+def parse_grouped_response(request: Request, status: int, payload: Any) -> list[RecordResult]:
+    """``{data: {issuedBadges: [{customerId, issuedId, error}]}, errors, warnings}``.
+
+    A top-level error fails every row of the request, except 809 (this requestId was already
+    processed: our own earlier attempt), which is "already done".
+    """
+    if not isinstance(payload, dict):
+        message = f"unexpected response ({type(payload).__name__}); outcome unknown"
+        return [RecordResult(n, False, str(status), message) for n in request.line_nos]
+    errors = payload.get("errors") or []
+    codes = [str(e.get("code")) for e in errors if isinstance(e, dict)]
+    data = payload.get("data")
+    issued = data.get("issuedBadges") if isinstance(data, dict) else None
+    if errors and "809" not in codes:
+        code, message = _first_error(errors)
+        return [RecordResult(n, False, code, message) for n in request.line_nos]
+    if not isinstance(issued, list):
+        if "809" in codes:  # already applied by an earlier attempt of ours
+            return [RecordResult(n, True) for n in request.line_nos]
+        message = "the response has no per-customer results; outcome unknown"
+        return [RecordResult(n, False, str(status), message) for n in request.line_nos]
+    by_customer: dict[Any, list[dict[str, Any]]] = {}
+    for item in issued:
+        if isinstance(item, dict):
+            by_customer.setdefault(item.get("customerId"), []).append(item)
+    results = []
+    for line_no, customer in zip(request.line_nos, request.customers, strict=True):
+        items = by_customer.get(customer)
+        if not items:
+            results.append(
+                RecordResult(
+                    line_no,
+                    False,
+                    str(status),
+                    f"no result for customer {customer} in the response",
+                )
+            )
+            continue
+        item = items.pop(0)
+        error = item.get("error")
+        if error:
+            code, message = _first_error(error)
+            results.append(RecordResult(line_no, False, code, message))
+        else:
+            results.append(RecordResult(line_no, True))
+    return results
+
+
+EARN_BADGES_BULK = Template(
+    name="earn_badges_bulk",
+    endpoint="/api_gateway/v1/badges/customer/earnBulk",
+    method="POST",
+    fields={
+        "badgeMetaId": "text",
+        "customerId": "customer_id",
+        "earnEventDate": "iso_ms",
+        "ownerType": "owner_type",
+        "referenceId": "text",
+    },
+    build_requests=build_grouped_requests,
+    parse_response=parse_grouped_response,
+    group_by=("badgeMetaId", "earnEventDate", "ownerType", "referenceId"),
+    make_body=lambda g, customers, rid: {
+        "badgeMetaId": g["badgeMetaId"],
+        "customerIds": customers,
+        "requestId": rid,
+        "earnEventDate": g["earnEventDate"],
+        "triggeredBy": {"ownerType": g["ownerType"], "referenceId": g["referenceId"]},
+    },
+)
+
+ISSUE_BADGES_BULK = Template(
+    name="issue_badges_bulk",
+    endpoint="/api_gateway/v1/badges/badgeMeta/customer/issueBulk",
+    method="POST",
+    fields={
+        "badgeMetaId": "text",
+        "customerId": "customer_id",
+        "issueEventDate": "epoch_s",
+        "ownerType": "owner_type",
+        "referenceId": "text",
+    },
+    build_requests=build_grouped_requests,
+    parse_response=parse_grouped_response,
+    group_by=("badgeMetaId", "issueEventDate", "ownerType", "referenceId"),
+    make_body=lambda g, customers, rid: {
+        "badgeMetaId": g["badgeMetaId"],
+        "customers": customers,
+        "requestId": rid,
+        "issueEventDate": g["issueEventDate"],
+        "triggeredBy": {"ownerType": g["ownerType"], "referenceId": g["referenceId"]},
+    },
+)
+
+TEMPLATES: dict[str, Template] = {
+    t.name: t for t in (EARNED_BADGES, EARN_BADGES_BULK, ISSUE_BADGES_BULK)
+}

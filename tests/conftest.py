@@ -109,6 +109,7 @@ class Bed:
         transform: dict[str, Any] | None = None,
         sink: dict[str, Any] | None = None,
         file: str = "flow.yaml",
+        template: str = "earned_badges",
     ) -> Path:
         shutil.copy(self.keys.private_key, self.dir / "private.asc")
         blocks = [
@@ -165,7 +166,7 @@ class Bed:
         doc = {
             "version": 1,
             "name": name,
-            "template": "earned_badges",
+            "template": template,
             "trigger": {"cron": "0 6 * * MON", "timezone": "Asia/Kolkata"},
             "blocks": blocks,
         }

@@ -231,7 +231,7 @@ def configs_copy(tmp_path: Path) -> Path:
 
 def test_every_example_config_validates(configs_copy: Path) -> None:
     files = sorted(configs_copy.rglob("*.yaml"))
-    assert len(files) >= 2
+    assert len(files) >= 4
     env = {
         "ACME_SFTP_PASSWORD": "x",
         "ACME_PGP_PASSPHRASE": "x",

@@ -30,7 +30,7 @@ def test_docker_compose_parses_and_references_what_exists() -> None:
     for copied in ("pyproject.toml", "README.md", "dataflow"):
         assert (ROOT / copied).exists() and copied in dockerfile
     assert services["emulator"]["entrypoint"] == ["python", "-m", "dataflow.emulator"]
-    assert (ROOT / "dataflow" / "emulator.py").is_file()
+    assert (ROOT / "dataflow" / "emulator" / "__main__.py").is_file()
     assert services["scheduler"]["command"] == ["schedule", "/configs"]
     for volume in services["scheduler"]["volumes"]:
         source = volume.split(":")[0]
