@@ -48,6 +48,13 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def _terminate(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is not None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
 class SftpServer:
     """A real OpenSSH sshd serving SFTP to one chrooted user."""
 
@@ -117,11 +124,8 @@ class SftpServer:
         return sorted(p.name for p in (self.root / directory.lstrip("/")).iterdir())
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-            self.proc = None
+        _terminate(self.proc)
+        self.proc = None
 
     def cleanup(self) -> None:
         self.stop()
@@ -207,11 +211,8 @@ class Emulator:
         self._call("POST", "/__emulator/reset")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
-            self.proc = None
+        _terminate(self.proc)
+        self.proc = None
 
 
 class PgpKeys:

@@ -231,50 +231,51 @@ def parse_grouped_response(request: Request, status: int, payload: Any) -> list[
     return results
 
 
-EARN_BADGES_BULK = Template(
-    name="earn_badges_bulk",
-    endpoint="/api_gateway/v1/badges/customer/earnBulk",
-    method="POST",
-    fields={
-        "badgeMetaId": "text",
-        "customerId": "customer_id",
-        "earnEventDate": "iso_ms",
-        "ownerType": "owner_type",
-        "referenceId": "text",
-    },
-    build_requests=build_grouped_requests,
-    parse_response=parse_grouped_response,
-    group_by=("badgeMetaId", "earnEventDate", "ownerType", "referenceId"),
-    make_body=lambda g, customers, rid: {
-        "badgeMetaId": g["badgeMetaId"],
-        "customerIds": customers,
-        "requestId": rid,
-        "earnEventDate": g["earnEventDate"],
-        "triggeredBy": {"ownerType": g["ownerType"], "referenceId": g["referenceId"]},
-    },
-)
+def bulk_template(
+    name: str, endpoint: str, date_field: str, date_kind: str, customers_key: str
+) -> Template:
+    """A bulk badge API: one badge, many customers, triggeredBy {ownerType, referenceId}."""
 
-ISSUE_BADGES_BULK = Template(
-    name="issue_badges_bulk",
-    endpoint="/api_gateway/v1/badges/badgeMeta/customer/issueBulk",
-    method="POST",
-    fields={
-        "badgeMetaId": "text",
-        "customerId": "customer_id",
-        "issueEventDate": "epoch_s",
-        "ownerType": "owner_type",
-        "referenceId": "text",
-    },
-    build_requests=build_grouped_requests,
-    parse_response=parse_grouped_response,
-    group_by=("badgeMetaId", "issueEventDate", "ownerType", "referenceId"),
-    make_body=lambda g, customers, rid: {
-        "badgeMetaId": g["badgeMetaId"],
-        "customers": customers,
-        "requestId": rid,
-        "issueEventDate": g["issueEventDate"],
-        "triggeredBy": {"ownerType": g["ownerType"], "referenceId": g["referenceId"]},
-    },
+    def make_body(group: dict[str, Any], customers: list[int], rid: str) -> dict[str, Any]:
+        return {
+            "badgeMetaId": group["badgeMetaId"],
+            customers_key: customers,
+            "requestId": rid,
+            date_field: group[date_field],
+            "triggeredBy": {"ownerType": group["ownerType"], "referenceId": group["referenceId"]},
+        }
+
+    return Template(
+        name=name,
+        endpoint=endpoint,
+        method="POST",
+        fields={
+            "badgeMetaId": "text",
+            "customerId": "customer_id",
+            date_field: date_kind,
+            "ownerType": "owner_type",
+            "referenceId": "text",
+        },
+        build_requests=build_grouped_requests,
+        parse_response=parse_grouped_response,
+        group_by=("badgeMetaId", date_field, "ownerType", "referenceId"),
+        make_body=make_body,
+    )
+
+
+EARN_BADGES_BULK = bulk_template(
+    "earn_badges_bulk",
+    "/api_gateway/v1/badges/customer/earnBulk",
+    date_field="earnEventDate",
+    date_kind="iso_ms",
+    customers_key="customerIds",
+)
+ISSUE_BADGES_BULK = bulk_template(
+    "issue_badges_bulk",
+    "/api_gateway/v1/badges/badgeMeta/customer/issueBulk",
+    date_field="issueEventDate",
+    date_kind="epoch_s",
+    customers_key="customers",
 )
 
 TEMPLATES: dict[str, Template] = {
