@@ -96,8 +96,12 @@ class Source(Block):
         """Stream `file` to `dest`; return the SHA-256 hex digest of its bytes."""
 
     @abc.abstractmethod
-    def upload_error_file(self, local: Path, name: str) -> str:
-        """Upload atomically to the error directory under `name`; return the final path."""
+    def upload_error_file(self, local: Path, name: str, key: str, resumed: bool = False) -> str:
+        """Upload atomically to the error directory under `name`; return the final path.
+
+        `key` names the temporary upload (one per file, so a retry replaces a stale one);
+        `resumed` says `name` was chosen by an interrupted attempt that may have completed.
+        """
 
     @abc.abstractmethod
     def move_original(self, file: RemoteFile, failed: bool) -> str:

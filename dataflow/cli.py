@@ -89,6 +89,9 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(redact(str(problem)), file=sys.stderr)
         return EXIT_CONFIG
+    from dataflow.shutdown import install_handlers
+
+    install_handlers()
     report = run(dataflow, dry_run=args.dry_run)
     _print_summary(report)
     if args.json:

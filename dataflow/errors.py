@@ -3,7 +3,8 @@
     DataflowError
     ├── ConfigError            the dataflow file is invalid: nothing runs (exit 2)
     ├── FatalError             stop the run, keep the current file for the next run (exit 1)
-    │   └── AuthError          the credentials were refused (SFTP, OAuth, Basic)
+    │   ├── AuthError          the credentials were refused (SFTP, OAuth, Basic)
+    │   └── Stopped            SIGTERM/SIGINT: in-flight requests finished, the rest resumes
     ├── FileRejected           this file cannot be processed: it goes to error_directory with a
     │                          one-row error file, and the next file goes on
     └── TransientError         a network hiccup: retried by the block that raised it, surfaces as
@@ -50,6 +51,10 @@ class FatalError(DataflowError):
 
 class AuthError(FatalError):
     """Credentials were refused by a server."""
+
+
+class Stopped(FatalError):
+    """A stop was requested (SIGTERM/SIGINT); acknowledged rows are checkpointed."""
 
 
 class FileRejected(DataflowError):

@@ -1,12 +1,15 @@
 """The run ledger: runs, files and their outcome, in SQLite under the state directory.
 
 ``$DATAFLOW_STATE_DIR`` (default ``~/.local/state/dataflow``) holds ``ledger.db``. The ledger
-answers "did this dataflow already complete a file with this content?" (duplicates) and
-feeds ``dataflow runs``.
+answers "did this dataflow already complete a file with this content?" (duplicates), keeps
+the checkpoints of files in progress (`dataflow.checkpoint`), and feeds ``dataflow runs``.
+A lock file per dataflow (``locks/<name>.lock``, an flock released by the kernel even on
+``kill -9``) keeps two processes from working on one dataflow at the same time.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -14,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dataflow.checkpoint import SCHEMA as CHECKPOINT_SCHEMA
+from dataflow.checkpoint import Checkpoints
 from dataflow.report import FileReport, RunReport
 
 SCHEMA = """
@@ -53,9 +58,35 @@ def state_dir() -> Path:
 class Ledger:
     def __init__(self, directory: Path | None = None) -> None:
         self.path = (directory or state_dir()) / "ledger.db"
+        self.directory = self.path.parent
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
+        self._db.executescript(SCHEMA + CHECKPOINT_SCHEMA)
+        self._checkpoints: dict[str, Checkpoints] = {}
+
+    def checkpoints(self, dataflow: str) -> Checkpoints:
+        if dataflow not in self._checkpoints:
+            self._checkpoints[dataflow] = Checkpoints(self._db, dataflow)
+        return self._checkpoints[dataflow]
+
+    @contextmanager
+    def lock(self, dataflow: str) -> Iterator[bool]:
+        """Yield True when this process holds the dataflow's lock, False if another does."""
+        locks = self.directory / "locks"
+        locks.mkdir(exist_ok=True, mode=0o700)
+        fd = os.open(locks / f"{dataflow}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
 
     def close(self) -> None:
         self._db.close()
@@ -84,30 +115,39 @@ class Ledger:
                 (run.finished_at, run.status, run.reason, run.run_id),
             )
 
+    def finish_file(self, run: RunReport, f: FileReport) -> None:
+        """Record a finished file and drop its checkpoint, in one transaction."""
+        with self._tx() as db:
+            self._insert_file(db, run, f)
+            if f.sha256:
+                self.checkpoints(run.dataflow).forget(f.sha256)
+
     def record_file(self, run: RunReport, f: FileReport) -> None:
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO files VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run.run_id,
-                    run.dataflow,
-                    f.name,
-                    f.size,
-                    f.sha256,
-                    f.lineage_id,
-                    f.status,
-                    f.rows_total,
-                    f.rows_filtered,
-                    f.rows_rejected,
-                    f.rows_sent,
-                    f.rows_succeeded,
-                    f.rows_failed,
-                    f.processed_path,
-                    f.error_file,
-                    f.reason,
-                ),
-            )
+            self._insert_file(db, run, f)
+
+    def _insert_file(self, db: sqlite3.Connection, run: RunReport, f: FileReport) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run.run_id,
+                run.dataflow,
+                f.name,
+                f.size,
+                f.sha256,
+                f.lineage_id,
+                f.status,
+                f.rows_total,
+                f.rows_filtered,
+                f.rows_rejected,
+                f.rows_sent,
+                f.rows_succeeded,
+                f.rows_failed,
+                f.processed_path,
+                f.error_file,
+                f.reason,
+            ),
+        )
 
     def completed(self, dataflow: str, sha256: str) -> bool:
         """True when this dataflow already finished a file with this content."""

@@ -19,13 +19,19 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from dataflow.block import FileStep, RemoteFile, RowStream, Sink, Source, Transform
+from dataflow.checkpoint import Progress
 from dataflow.errorfile import ErrorFile, error_file_name
-from dataflow.errors import FileRejected
+from dataflow.errors import FileRejected, Stopped
+from dataflow.faults import crash_point
 from dataflow.ledger import Ledger
 from dataflow.redact import redact
-from dataflow.report import FileReport
+from dataflow.report import FileReport, RunReport
 from dataflow.rows import STAGE_DESTINATION, Chunk, RecordResult, Request, RowError
+from dataflow.shutdown import STOP
 from dataflow.templates import Template
 
 log = logging.getLogger(__name__)
@@ -44,30 +50,51 @@ class Chain:
     dry_run: bool = False
 
 
-async def process_file(chain: Chain, file: RemoteFile, workdir: Path, ledger: Ledger) -> FileReport:
+async def process_file(
+    chain: Chain, file: RemoteFile, workdir: Path, ledger: Ledger, run: RunReport
+) -> FileReport:
     report = FileReport(name=file.name, lineage_id=str(uuid.uuid4()), size=file.size)
     filedir = Path(tempfile.mkdtemp(prefix="file-", dir=workdir))
     try:
-        await _process(chain, file, filedir, ledger, report)
+        await _process(chain, file, filedir, ledger, report, run)
     finally:
         shutil.rmtree(filedir, ignore_errors=True)
     return report
 
 
 async def _process(
-    chain: Chain, file: RemoteFile, filedir: Path, ledger: Ledger, report: FileReport
+    chain: Chain,
+    file: RemoteFile,
+    filedir: Path,
+    ledger: Ledger,
+    report: FileReport,
+    run: RunReport,
 ) -> None:
     source = chain.source
     log.info("%s: downloading", file.path)
     downloaded = filedir / "download"
-    report.sha256 = await asyncio.to_thread(source.download, file, downloaded)
-    if ledger.completed(chain.dataflow, report.sha256):
+    sha = report.sha256 = await asyncio.to_thread(source.download, file, downloaded)
+    crash_point("downloaded")
+    if ledger.completed(chain.dataflow, sha):
         report.status = "duplicate"
         report.reason = "this content was already processed by this dataflow"
         log.info("%s: duplicate of an earlier file; not sent again", file.name)
         if not chain.dry_run:
             report.processed_path = await asyncio.to_thread(source.move_original, file, False)
+            ledger.finish_file(run, report)
         return
+    progress = (
+        Progress(report.lineage_id)
+        if chain.dry_run
+        else ledger.checkpoints(chain.dataflow).open(sha, file.name)
+    )
+    report.lineage_id = progress.lineage_id
+    if progress.resumed:
+        log.info(
+            "%s: resuming: %d row(s) were acknowledged before an interruption",
+            file.name,
+            int(progress.acked.sum()),
+        )
     stage = "source"
     stream: RowStream | None = None
     try:
@@ -75,13 +102,14 @@ async def _process(
         for step in chain.steps:
             stage = step.config.name
             path = await asyncio.to_thread(step.apply, path, filedir)
+        crash_point("decrypted")
         stage = source.config.name
         path = await asyncio.to_thread(source.prepare, path, filedir)
         stage = chain.transform.config.name
         stream = await asyncio.to_thread(chain.transform.read, path)
         errors = ErrorFile(filedir / "errors.csv", stream.columns, chain.delimiter)
         try:
-            await _send_rows(chain, stream, errors, report)
+            await _send_rows(chain, stream, errors, report, progress, ledger)
         finally:
             errors.close()
     except FileRejected as exc:
@@ -91,58 +119,79 @@ async def _process(
         report.rows_total = report.rows_filtered = report.rows_rejected = 0
         report.rows_sent = report.rows_succeeded = report.rows_failed = 0
         errors = ErrorFile(filedir / "errors.csv", [], chain.delimiter)
-        errors.add(
-            RowError(
-                0,
-                stage,
-                f"{reason} (the file was moved to the error directory; nothing from it was sent)",
-            ),
-            None,
-        )
+        message = f"{reason} (the file was moved to the error directory; nothing from it was sent)"
+        errors.add(RowError(0, stage, message), None)
         errors.close()
-        await _finish(chain, file, errors, report, failed=True)
+        await _finish(chain, file, errors, report, progress, ledger, run, failed=True)
         return
     finally:
         if stream is not None:
             stream.close()
     problems = report.rows_rejected + report.rows_failed
     report.status = "partial" if problems else "success"
-    await _finish(chain, file, errors, report, failed=False)
+    await _finish(chain, file, errors, report, progress, ledger, run, failed=False)
 
 
 async def _send_rows(
-    chain: Chain, stream: RowStream, errors: ErrorFile, report: FileReport
+    chain: Chain,
+    stream: RowStream,
+    errors: ErrorFile,
+    report: FileReport,
+    progress: Progress,
+    ledger: Ledger,
 ) -> None:
     chunks: Iterator[Chunk] = iter(stream)
     file_id = report.sha256 or report.lineage_id
+    checkpoints = None if chain.dry_run else ledger.checkpoints(chain.dataflow)
 
-    def next_chunk() -> tuple[Chunk, list[Request]] | None:
+    def next_chunk() -> tuple[Chunk, pd.DataFrame, list[Request]] | None:
         chunk = next(chunks, None)
         if chunk is None:
             return None
+        records = chunk.records
+        done = records.iloc[0:0]
+        if progress.resumed and len(records):
+            acked = progress.acked_mask(records.index.to_numpy(dtype=np.int64))
+            done, records = records[acked], records[~acked]
         requests = list(
             chain.template.build_requests(
-                chain.template, chunk.records, chunk.source, chain.batch_size, file_id
+                chain.template, records, chunk.source, chain.batch_size, file_id
             )
         )
-        return chunk, requests
+        return chunk, done, requests
 
-    def take(chunk: Chunk) -> None:
+    def take(chunk: Chunk, done: pd.DataFrame) -> None:
         report.rows_total += chunk.total
         report.rows_filtered += chunk.filtered
         report.rows_rejected += len(chunk.errors)
         report.rows_sent += len(chunk.records)
         for error in chunk.errors:
             errors.add(error, _values(chunk.source, error.line_no, error.raw))
+        for line_no in done.index:  # acknowledged before an interruption
+            failure = progress.failures.get(int(line_no))
+            if failure is None:
+                report.rows_succeeded += 1
+                continue
+            report.rows_failed += 1
+            code, message = failure
+            errors.add(
+                RowError(int(line_no), STAGE_DESTINATION, message, code),
+                _values(chunk.source, int(line_no), None),
+            )
 
     async def requests() -> AsyncIterator[Request]:
-        while (item := await asyncio.to_thread(next_chunk)) is not None:
-            chunk, built = item
-            take(chunk)
+        while not STOP.is_set() and (item := await asyncio.to_thread(next_chunk)) is not None:
+            chunk, done, built = item
+            take(chunk, done)
             for request in built:
+                if STOP.is_set():
+                    return
                 yield request
 
     def on_result(request: Request, results: list[RecordResult]) -> None:
+        if checkpoints is not None and report.sha256:
+            checkpoints.ack(report.sha256, results)
+            crash_point("acked")
         for result in results:
             if result.ok:
                 report.rows_succeeded += 1
@@ -156,8 +205,13 @@ async def _send_rows(
     if chain.dry_run:
         async for _ in requests():
             pass
-        return
-    await chain.sink.send(requests(), on_result)
+    else:
+        await chain.sink.send(requests(), on_result)
+    if STOP.is_set():
+        raise Stopped(
+            f"stopped before the file was finished; {report.rows_succeeded + report.rows_failed}"
+            " acknowledged row(s) are checkpointed and the next run resumes the file"
+        )
     log.info(
         "sent %d rows: %d accepted, %d failed",
         report.rows_sent,
@@ -176,15 +230,39 @@ def _values(source: object, line_no: int, raw: str | None) -> list[object] | Non
 
 
 async def _finish(
-    chain: Chain, file: RemoteFile, errors: ErrorFile, report: FileReport, failed: bool
+    chain: Chain,
+    file: RemoteFile,
+    errors: ErrorFile,
+    report: FileReport,
+    progress: Progress,
+    ledger: Ledger,
+    run: RunReport,
+    failed: bool,
 ) -> None:
+    """Upload the error file, then move the original; each step recorded, so a crash between
+    them neither loses nor repeats anything."""
     if chain.dry_run:
         return
     source = chain.source
+    sha = report.sha256 or ""
+    checkpoints = ledger.checkpoints(chain.dataflow)
     if errors.rows:
-        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
-        name = error_file_name(file.name, stamp)
-        report.error_file = await asyncio.to_thread(source.upload_error_file, errors.path, name)
+        if progress.error_path:
+            report.error_file = progress.error_path  # uploaded before an interruption
+        else:
+            resumed = progress.error_name is not None
+            name = progress.error_name or error_file_name(
+                file.name, time.strftime("%Y%m%d%H%M%S", time.gmtime())
+            )
+            if not resumed:
+                checkpoints.error_file(sha, name=name)
+            report.error_file = await asyncio.to_thread(
+                source.upload_error_file, errors.path, name, report.lineage_id, resumed
+            )
+            checkpoints.error_file(sha, path=report.error_file)
+            crash_point("error_uploaded")
         log.info("%s: %d row(s) reported in %s", file.name, errors.rows, report.error_file)
     report.processed_path = await asyncio.to_thread(source.move_original, file, failed)
+    crash_point("moved")
+    ledger.finish_file(run, report)
     log.info("%s: moved to %s", file.name, report.processed_path)

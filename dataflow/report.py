@@ -46,6 +46,7 @@ class RunReport:
     files: list[FileReport] = field(default_factory=list)
     dry_run: bool = False
     reason: str | None = None
+    skipped: bool = False  # another process held the dataflow's lock
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -65,7 +66,9 @@ class RunReport:
     def settle(self) -> None:
         """Derive the run's status from its files (a fatal reason makes it a failure)."""
         statuses = {f.status for f in self.files}
-        if self.reason or "failure" in statuses:
+        if self.skipped:
+            self.status = "no_files"
+        elif self.reason or "failure" in statuses:
             self.status = "failure"
         elif "partial" in statuses:
             self.status = "partial"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -34,8 +35,26 @@ def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = No
     report = RunReport(
         dataflow=dataflow.name, run_id=str(uuid.uuid4()), started_at=now_iso(), dry_run=dry_run
     )
+    try:
+        with ledger.lock(dataflow.name) as held:
+            if not held:
+                report.skipped = True
+                report.reason = f"another run of {dataflow.name} is in progress; nothing done"
+                log.warning("%s", report.reason)
+                report.finished_at = now_iso()
+                report.settle()
+                return report
+            _run_locked(dataflow, report, ledger, dry_run)
+    finally:
+        if own_ledger:
+            ledger.close()
+    return report
+
+
+def _run_locked(dataflow: Dataflow, report: RunReport, ledger: Ledger, dry_run: bool) -> None:
     ledger.start_run(report)
-    workdir = Path(tempfile.mkdtemp(prefix="dataflow-"))  # mkdtemp: mode 700
+    remove_stale_workdirs()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))  # mode 700
     try:
         asyncio.run(_run(dataflow, report, workdir, ledger, dry_run))
     finally:
@@ -43,9 +62,28 @@ def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = No
         report.finished_at = now_iso()
         report.settle()
         ledger.finish_run(report)
-        if own_ledger:
-            ledger.close()
-    return report
+
+
+WORKDIR_PREFIX = "dataflow-"
+
+
+def remove_stale_workdirs() -> None:
+    """Private temp dirs of runs that were killed (their process is gone) are removed."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*-*"):
+        pid = path.name[len(WORKDIR_PREFIX) :].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
+            log.info("removing %s, left by a run that was killed", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 async def _run(
@@ -87,7 +125,7 @@ async def _run(
         for file in files:
             current = None
             try:
-                current = await process_file(chain, file, workdir, ledger)
+                current = await process_file(chain, file, workdir, ledger, report)
             except FatalError as exc:
                 reason = redact(str(exc))
                 failed = FileReport(
@@ -101,9 +139,7 @@ async def _run(
                 if not dry_run:
                     ledger.record_file(report, failed)
                 raise
-            report.files.append(current)
-            if not dry_run:
-                ledger.record_file(report, current)
+            report.files.append(current)  # the pipeline recorded it in the ledger
             log.info(
                 "%s: %s (%d rows: %d accepted, %d rejected, %d failed)",
                 file.name,

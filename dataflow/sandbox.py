@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-SFTP_USER = "dataflow-sftp"
+SFTP_USER = "dfsftp"
 SSHD = "/usr/sbin/sshd"
 SFTP_DIRS = ("inbox", "processed", "errors")
 
@@ -67,7 +67,7 @@ class SftpServer:
         self.dir.chmod(0o755)
         self.root = self.dir / "root"  # the chroot: root-owned, 755
         self.port = free_port()
-        self.user = SFTP_USER
+        self.user = f"{SFTP_USER}{self.port}"  # one user per server: parallel runs coexist
         self.password = secrets.token_urlsafe(12)
         self.known_hosts = self.dir / "known_hosts"
         self.host_key = self.dir / "ssh_host_ed25519_key"
@@ -129,6 +129,7 @@ class SftpServer:
 
     def cleanup(self) -> None:
         self.stop()
+        subprocess.run(["userdel", self.user], check=False, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -163,8 +163,8 @@ def test_same_content_again_is_a_duplicate(bed: Bed) -> None:
     config = bed.config()
     assert bed.run_json(config)[0] == 3
     bed.sftp.put("inbox/badges_again.csv.gpg", encrypted)
-    code, report, _ = bed.run_json(config)
-    assert code == 0
+    code, report, stderr = bed.run_json(config)
+    assert code == 0, stderr
     (f,) = report["files"]
     assert f["status"] == "duplicate"
     assert f["processed_path"] == "/processed/badges_again.csv.gpg"

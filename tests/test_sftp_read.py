@@ -95,8 +95,10 @@ def test_uploads_are_atomic_and_never_overwrite(
 ) -> None:
     local = tmp_path / "e.csv"
     local.write_text("a,b\n")
-    first = src.upload_error_file(local, "result_x.csv")
-    second = src.upload_error_file(local, "result_x.csv")
+    first = src.upload_error_file(local, "result_x.csv", "k1")
+    second = src.upload_error_file(local, "result_x.csv", "k2")
+    # an interrupted attempt that had completed its rename is not uploaded again
+    assert src.upload_error_file(local, "result_x.csv", "k1", resumed=True) == first
     assert first == "/errors/result_x.csv"
     assert second.startswith("/errors/result_x.csv.") and len(second) == len(first) + 15
     assert [n for n in sftp.files("errors") if n.startswith(".dataflow-")] == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -99,6 +100,35 @@ def _last_error(stderr: str) -> str:
     return lines[-1][4:].strip() if lines else "unknown gpg error"
 
 
+HOME_PREFIX = "dfg"
+
+
+def remove_stale_homes() -> None:
+    """GnuPG homes of runs that were killed: stop their agent, remove the home."""
+    for path in Path("/tmp").glob(f"{HOME_PREFIX}*-*"):
+        pid = path.name[len(HOME_PREFIX) :].split("-", 1)[0]
+        if not (path.is_dir() and pid.isdigit()):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its run is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        _kill_agent(str(path))
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _kill_agent(home: str) -> None:
+    subprocess.run(
+        ["gpgconf", "--homedir", home, "--kill", "gpg-agent"],
+        check=False,
+        capture_output=True,
+        timeout=30,
+    )
+
+
 class PgpDecrypt(FileStep):
     Config = PgpDecryptConfig
     config: PgpDecryptConfig
@@ -109,7 +139,9 @@ class PgpDecrypt(FileStep):
         self._gpg: gnupg.GPG | None = None
 
     def open(self) -> None:
-        home = tempfile.mkdtemp(prefix="g", dir="/tmp")  # short: agent socket path limit
+        remove_stale_homes()
+        # short: the agent's socket path is limited to ~108 bytes; the pid marks the owner
+        home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-", dir="/tmp")
         self._home = home
         Path(home, "gpg-agent.conf").write_text(
             "default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\n"
@@ -130,12 +162,7 @@ class PgpDecrypt(FileStep):
     def close(self) -> None:
         if self._home is None:
             return
-        subprocess.run(
-            ["gpgconf", "--homedir", self._home, "--kill", "gpg-agent"],
-            check=False,
-            capture_output=True,
-            timeout=30,
-        )
+        _kill_agent(self._home)
         shutil.rmtree(self._home, ignore_errors=True)
         self._home = None
         self._gpg = None

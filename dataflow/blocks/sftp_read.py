@@ -38,7 +38,6 @@ import re
 import socket
 import stat
 import time
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -48,6 +47,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from dataflow.block import BlockConfig, RemoteFile, Source
 from dataflow.errors import AuthError, FatalError, FileRejected
+from dataflow.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -337,17 +337,26 @@ class SftpRead(Source):
         path.unlink()
         return out
 
-    def upload_error_file(self, local: Path, name: str) -> str:
+    def upload_error_file(self, local: Path, name: str, key: str, resumed: bool = False) -> str:
+        """Upload under ``.dataflow-<key>.tmp``, then rename to `name` (never overwriting).
+
+        `resumed`: `name` was chosen by an interrupted attempt at this same file; if it exists,
+        that attempt's rename completed (renames are atomic), so it is not uploaded again.
+        """
         directory = self.config.error_directory
         self._ensure_dir(directory)
-        temp = posixpath.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}.tmp")
+        final = posixpath.join(directory, name)
+        if resumed and self._exists(final):
+            return final
+        temp = posixpath.join(directory, f"{TEMP_PREFIX}{key}.tmp")
         try:
             with local.open("rb") as fh:
                 self.sftp.putfo(fh, temp, confirm=True)
         except (OSError, paramiko.SSHException) as exc:
             self._remove_quietly(temp)
             raise self._io("upload of", temp, exc) from exc
-        return self._rename_unique(temp, posixpath.join(directory, name))
+        crash_point("error_temp")
+        return self._rename_unique(temp, final)
 
     def move_original(self, file: RemoteFile, failed: bool) -> str:
         directory = self.config.error_directory if failed else self.config.processed_directory
