@@ -149,3 +149,19 @@ def test_bulk_dry_run_reports_without_sending(bed: Bed, template: str) -> None:
     assert code == 3
     assert report["files"][0]["rows_rejected"] == 1
     assert bed.api.requests() == []
+
+
+def test_bulk_kill_9_mid_send_then_resume_issues_exactly_once(bed: Bed) -> None:
+    config = setup(bed, "issue_badges_bulk")
+    killed = bed.run("run", str(config), env={"DATAFLOW_CRASH_AT": "acked:2"})
+    assert killed.returncode == -9, killed.stderr
+    code, report, stderr = bed.run_json(config)
+    assert code == 3, stderr
+    (f,) = report["files"]
+    assert (f["rows_succeeded"], f["rows_failed"], f["rows_rejected"]) == (4, 4, 1)
+    assert Counter(e["customerId"] for e in bed.api.issued()) == {
+        1001: 1,
+        1003: 1,
+        1004: 1,
+        2002: 1,
+    }

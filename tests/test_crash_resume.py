@@ -1,0 +1,195 @@
+"""kill -9 at every stage of a run, then run again: nothing lost, nothing sent twice.
+
+Crash points are real SIGKILLs, placed by ``DATAFLOW_CRASH_AT`` (dataflow.faults); one test
+kills the process from outside on a timer, with requests in flight.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from .conftest import Bed
+
+NAME = "badges_crash.csv.gpg"
+GOOD = [f"BADGE-GOLD,{5001 + i},16/11/2026 09:30,1798761600" for i in range(40)]
+ROWS = [
+    *GOOD[:10],
+    "BADGE-GOLD,abc,16/11/2026 09:30,1798761600",
+    *GOOD[10:25],
+    "BADGE-UNKNOWN,6001,16/11/2026 09:30,1798761600",
+    *GOOD[25:],
+    "short,line",
+]
+GOOD_IDS = [5001 + i for i in range(40)]
+BATCH, CONCURRENCY = 3, 2
+
+
+def put(bed: Bed) -> None:
+    data = ("badge_id,customer_id,event_date,expires_at\n" + "\n".join(ROWS) + "\n").encode()
+    bed.sftp.put(f"inbox/{NAME}", bed.keys.encrypt(data))
+
+
+def config(bed: Bed):  # type: ignore[no-untyped-def]
+    return bed.config(sink={"batch_size": BATCH, "concurrency": CONCURRENCY})
+
+
+def error_files(bed: Bed) -> list[str]:
+    return [n for n in bed.sftp.files("errors") if n.startswith("result_")]
+
+
+def assert_finished_exactly_once(bed: Bed, report: dict, max_resent: int = 0) -> None:
+    (f,) = report["files"]
+    assert (
+        f["rows_total"],
+        f["rows_rejected"],
+        f["rows_sent"],
+        f["rows_succeeded"],
+        f["rows_failed"],
+    ) == (43, 2, 41, 40, 1)
+    counts = Counter(r["customerId"] for r in bed.api.received())
+    assert set(counts) == set(GOOD_IDS)
+    assert sum(counts.values()) - len(GOOD_IDS) <= max_resent
+    assert bed.sftp.files("inbox") == []
+    assert bed.sftp.files("processed") == [NAME]
+    (name,) = error_files(bed)
+    assert [n for n in bed.sftp.files("errors") if n.startswith(".dataflow-")] == []
+    rows = list(csv.reader(io.StringIO((bed.sftp.root / "errors" / name).read_text())))
+    lines = [int(r[4]) for r in rows[1:]]
+    assert sorted(lines) == [12, 28, 44]  # each rejected/failed row exactly once
+    assert f["error_file"] == f"/errors/{name}"
+
+
+def crash(bed: Bed, point: str) -> None:
+    result = bed.run("run", str(config(bed)), "--json", env={"DATAFLOW_CRASH_AT": point})
+    assert result.returncode == -signal.SIGKILL, result.stderr
+
+
+def rerun(bed: Bed) -> dict:
+    code, report, stderr = bed.run_json(config(bed))
+    assert code == 3, stderr
+    return report
+
+
+@pytest.mark.parametrize("point", ["downloaded", "decrypted"])
+def test_crash_before_sending(bed: Bed, point: str) -> None:
+    put(bed)
+    crash(bed, point)
+    assert bed.sftp.files("inbox") == [NAME]
+    assert bed.sftp.files("errors") == [] and bed.api.requests() == []
+    assert_finished_exactly_once(bed, rerun(bed))
+
+
+def test_crash_mid_send_resends_at_most_the_requests_in_flight(bed: Bed) -> None:
+    put(bed)
+    crash(bed, "acked:4")
+    acknowledged = len(bed.api.received())
+    assert acknowledged >= 4 * BATCH - BATCH  # the fourth may hold the unknown-badge row
+    assert bed.sftp.files("inbox") == [NAME] and error_files(bed) == []
+    before = len(bed.api.requests())
+    report = rerun(bed)
+    # rows acknowledged before the crash are not sent again: only the in-flight ones may be
+    assert_finished_exactly_once(bed, report, max_resent=CONCURRENCY * BATCH)
+    resent_requests = len(bed.api.requests()) - before
+    assert resent_requests <= -(-(41 - 4 * BATCH) // BATCH) + CONCURRENCY
+
+
+def test_crash_with_the_error_file_under_its_temporary_name(bed: Bed) -> None:
+    put(bed)
+    crash(bed, "error_temp")
+    assert error_files(bed) == []  # a half-done upload is never visible under its final name
+    assert [n for n in bed.sftp.files("errors") if n.startswith(".dataflow-")] != []
+    sent = len(bed.api.requests())
+    assert_finished_exactly_once(bed, rerun(bed))
+    assert len(bed.api.requests()) == sent  # everything was acknowledged: nothing re-sent
+
+
+def test_crash_after_the_error_file_before_the_move(bed: Bed) -> None:
+    put(bed)
+    crash(bed, "error_uploaded")
+    assert len(error_files(bed)) == 1 and bed.sftp.files("inbox") == [NAME]
+    sent = len(bed.api.requests())
+    assert_finished_exactly_once(bed, rerun(bed))  # still exactly one error file
+    assert len(bed.api.requests()) == sent
+
+
+def test_crash_after_the_move(bed: Bed) -> None:
+    put(bed)
+    crash(bed, "moved")
+    assert bed.sftp.files("processed") == [NAME] and bed.sftp.files("inbox") == []
+    code, report, _ = bed.run_json(config(bed))
+    assert (code, report["files"]) == (0, [])
+    assert Counter(r["customerId"] for r in bed.api.received()) == Counter(GOOD_IDS)
+
+
+def test_kill_9_from_outside_with_requests_in_flight(bed: Bed) -> None:
+    put(bed)
+    bed.api.configure(latency_ms=150)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataflow", "run", str(config(bed))],
+        env={**os.environ, **bed.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(bed.api.requests()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    bed.api.configure(latency_ms=0)
+    assert bed.sftp.files("inbox") == [NAME]
+    assert_finished_exactly_once(bed, rerun(bed), max_resent=CONCURRENCY * BATCH)
+
+
+def test_sigterm_finishes_in_flight_requests_then_resumes_without_duplicates(bed: Bed) -> None:
+    put(bed)
+    bed.api.configure(latency_ms=150)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataflow", "run", str(config(bed)), "--json"],
+        env={**os.environ, **bed.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(bed.api.requests()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    report = json.loads(out)
+    assert "stopped before the file was finished" in report["reason"]
+    assert bed.sftp.files("inbox") == [NAME]
+    bed.api.configure(latency_ms=0)
+    assert_finished_exactly_once(bed, rerun(bed))  # in-flight requests were acknowledged
+
+
+def test_two_runs_of_one_dataflow_never_overlap(bed: Bed) -> None:
+    put(bed)
+    bed.api.configure(latency_ms=500)  # the first run lasts several seconds
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dataflow", "run", str(config(bed)), "--json"],
+        env={**os.environ, **bed.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not bed.api.requests() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    code, second, stderr = bed.run_json(config(bed))
+    assert code == 0, stderr
+    assert second["status"] == "no_files" and second["files"] == []
+    assert "another run of acme-earned-badges is in progress" in second["reason"]
+    out, _ = first.communicate(timeout=120)
+    assert first.returncode == 3
+    assert_finished_exactly_once(bed, json.loads(out))
