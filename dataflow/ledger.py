@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS files (
     PRIMARY KEY (run_id, lineage_id)
 );
 CREATE INDEX IF NOT EXISTS files_by_content ON files (dataflow, sha256, status);
+CREATE TABLE IF NOT EXISTS fires (
+    dataflow TEXT NOT NULL,
+    local_minute TEXT NOT NULL,
+    PRIMARY KEY (dataflow, local_minute)
+);
 """
 
 
@@ -148,6 +153,14 @@ class Ledger:
                 f.reason,
             ),
         )
+
+    def claim_fire(self, dataflow: str, local_minute: str) -> bool:
+        """True the first time a scheduled fire claims this local wall-clock minute."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO fires (dataflow, local_minute) VALUES (?, ?)",
+            (dataflow, local_minute),
+        )
+        return cursor.rowcount == 1
 
     def completed(self, dataflow: str, sha256: str) -> bool:
         """True when this dataflow already finished a file with this content."""

@@ -1,8 +1,18 @@
 """``dataflow schedule``: run every enabled dataflow on its trigger until SIGTERM/SIGINT.
 
-APScheduler 3.x with ``coalesce=True`` (missed runs become one), ``max_instances=1`` (never two
-runs of one dataflow at once) and a generous ``misfire_grace_time`` (the 1 s default silently
-drops runs missed while the process was busy or down). Job ids are the dataflow names.
+APScheduler 3.x with its job store in SQLite (``schedule.db`` in the state directory): job ids
+are the dataflow names, so a restart finds its jobs again, and runs missed while the
+scheduler was down are coalesced into one catch-up run at start (``coalesce=True`` and a
+six-hour ``misfire_grace_time``: the 1 s default silently drops them). ``max_instances=1`` and
+the ledger's per-dataflow lock keep two runs of one dataflow apart, even across processes;
+a second scheduler on the same state directory refuses to start (two would run jobs twice).
+A cron that names a wall-clock time repeated on a DST fall-back day runs once: each fire
+claims its local minute in the ledger.
+
+SIGHUP reloads the files: new and changed dataflows are (re)scheduled, removed ones
+unscheduled; an invalid file is reported and its previous schedule, if any, is kept.
+SIGTERM/SIGINT stop cleanly: a running dataflow finishes its requests in flight and
+checkpoints the rest (the next run resumes it), then the process exits 0.
 """
 
 from __future__ import annotations
@@ -10,61 +20,91 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from zoneinfo import ZoneInfo
 
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dataflow.config import Dataflow, load_dataflow
 from dataflow.errors import ConfigError
+from dataflow.ledger import Ledger, state_dir
 from dataflow.report import EXIT_CODES
+from dataflow.shutdown import STOP
 
 log = logging.getLogger(__name__)
 
 MISFIRE_GRACE_SECONDS = 6 * 3600
+JOB_FUNC = "dataflow.scheduler:run_job"
 
 
 def discover(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+            found += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
         else:
             found.append(path)
-    return found
+    return [p.resolve() for p in found]
 
 
-def load_all(paths: list[Path]) -> list[Dataflow]:
+def load_all(paths: list[Path]) -> tuple[list[Dataflow], set[Path]]:
+    """Valid dataflows, and the files that are invalid (reported here)."""
     dataflows: dict[str, Dataflow] = {}
+    invalid: set[Path] = set()
     for path in discover(paths):
         try:
             dataflow = load_dataflow(path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem)
-            log.error("%s: not scheduled (invalid)", path)
+            log.error("%s: invalid; its schedule (if any) is left as it was", path)
+            invalid.add(path)
             continue
         if dataflow.name in dataflows:
             log.error(
-                "%s: not scheduled: dataflow name %r is already used by %s",
+                "%s: dataflow name %r is already used by %s; not scheduled",
                 path,
                 dataflow.name,
                 dataflows[dataflow.name].path,
             )
+            invalid.add(path)
             continue
         dataflows[dataflow.name] = dataflow
-    return list(dataflows.values())
+    return list(dataflows.values()), invalid
 
 
-def _job(path: Path) -> None:
+def local_minute(timezone: str, when: datetime) -> str:
+    """The wall-clock minute of `when` in `timezone`: the same for both 02:30 of a fall-back."""
+    return when.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
+
+
+def run_job(path: str) -> None:
+    """One scheduled run (the job function stored by reference in the job store)."""
     from dataflow.runner import run
 
     try:
-        dataflow = load_dataflow(path)  # pick up secrets rotated since start
+        dataflow = load_dataflow(path)  # read again: rotated secrets are picked up
     except ConfigError as exc:
-        log.error("%s: not run, the file became invalid:\n%s", path, exc)
+        log.error("%s: not run, the file is invalid:\n%s", path, exc)
         return
-    report = run(dataflow)
+    trigger = dataflow.model.trigger
+    ledger = Ledger()
+    try:
+        if trigger is not None and trigger.crontab is not None:
+            minute = local_minute(trigger.timezone, datetime.now(UTC))
+            if not ledger.claim_fire(dataflow.name, minute):
+                log.warning(
+                    "%s: already ran at %s local time (a DST fall-back repeat); skipping",
+                    dataflow.name,
+                    minute,
+                )
+                return
+        report = run(dataflow, ledger=ledger)
+    finally:
+        ledger.close()
     log.info(
         "%s: run %s finished: %s (exit code %d)",
         dataflow.name,
@@ -74,42 +114,91 @@ def _job(path: Path) -> None:
     )
 
 
-def serve(paths: list[Path]) -> int:
-    stop = threading.Event()
+def sync_jobs(scheduler: BackgroundScheduler, paths: list[Path]) -> None:
+    """Make the job store match the files: add, replace, keep or remove jobs."""
+    dataflows, invalid = load_all(paths)
+    wanted: dict[str, Dataflow] = {}
+    for dataflow in dataflows:
+        if not dataflow.model.enabled or dataflow.model.trigger is None:
+            why = "disabled" if not dataflow.model.enabled else "no trigger"
+            log.info("%s: not scheduled (%s)", dataflow.name, why)
+            continue
+        wanted[dataflow.name] = dataflow
+    for job in scheduler.get_jobs():
+        kept_invalid = job.args and Path(job.args[0]) in invalid
+        if job.id not in wanted and not kept_invalid:
+            log.info("%s: unscheduled (its file is gone, disabled or without trigger)", job.id)
+            scheduler.remove_job(job.id)
+    for name, dataflow in wanted.items():
+        assert dataflow.model.trigger is not None
+        trigger = dataflow.model.trigger.build()
+        args = [str(dataflow.path.resolve())]
+        job = scheduler.get_job(name)
+        if job is not None and str(job.trigger) == str(trigger) and list(job.args) == args:
+            continue  # unchanged: keep its next run time (and any missed run)
+        scheduler.add_job(JOB_FUNC, trigger, args=args, id=name, name=name, replace_existing=True)
+        log.info("%s: scheduled (%s)", name, trigger)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+
+def serve(paths: list[Path]) -> int:
+    directory = state_dir()
+    ledger = Ledger(directory)
+    with ledger.lock(".scheduler") as held:  # not a valid dataflow name: no clash
+        if not held:
+            log.error(
+                "another dataflow scheduler is running on %s; two would run jobs twice", directory
+            )
+            ledger.close()
+            return 1
+        return _serve(paths, directory)
+
+
+def _serve(paths: list[Path], directory: Path) -> int:
+    stop = threading.Event()
+    reload = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
         log.info("received %s: stopping after the running jobs", signal.Signals(signum).name)
+        STOP.set()
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reload.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
     scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{directory / 'schedule.db'}")},
         job_defaults={
             "coalesce": True,
             "max_instances": 1,
             "misfire_grace_time": MISFIRE_GRACE_SECONDS,
-        }
+        },
+        timezone=UTC,
     )
-    for dataflow in load_all(paths):
-        if not dataflow.model.enabled or dataflow.model.trigger is None:
-            log.info(
-                "%s: not scheduled (%s)",
-                dataflow.name,
-                "disabled" if not dataflow.model.enabled else "no trigger",
-            )
+    scheduler.start(paused=True)
+    sync_jobs(scheduler, paths)
+    scheduler.resume()
+    _log_next(scheduler)
+    while True:
+        stop.wait()
+        if reload.is_set() and not STOP.is_set():
+            reload.clear()
+            stop.clear()
+            log.info("SIGHUP: reloading %s", ", ".join(str(p) for p in paths))
+            sync_jobs(scheduler, paths)
+            _log_next(scheduler)
             continue
-        scheduler.add_job(
-            _job,
-            dataflow.model.trigger.build(),
-            args=[dataflow.path],
-            id=dataflow.name,
-            name=dataflow.name,
-            replace_existing=True,
-        )
-    scheduler.start()
-    for job in scheduler.get_jobs():
-        log.info("%s: next run at %s", job.id, job.next_run_time)
-    stop.wait()
+        break
     scheduler.shutdown(wait=True)
     log.info("scheduler stopped")
     return 0
+
+
+def _log_next(scheduler: BackgroundScheduler) -> None:
+    for job in scheduler.get_jobs():
+        log.info("%s: next run at %s", job.id, job.next_run_time)
+    if not scheduler.get_jobs():
+        log.warning("no dataflow is scheduled")

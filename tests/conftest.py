@@ -111,7 +111,8 @@ class Bed:
         file: str = "flow.yaml",
         template: str = "earned_badges",
     ) -> Path:
-        shutil.copy(self.keys.private_key, self.dir / "private.asc")
+        path = self.dir / file
+        shutil.copy(self.keys.private_key, path.parent / "private.asc")
         blocks = [
             {
                 "name": "connect_to_source",
@@ -170,7 +171,6 @@ class Bed:
             "trigger": {"cron": "0 6 * * MON", "timezone": "Asia/Kolkata"},
             "blocks": blocks,
         }
-        path = self.dir / file
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 
