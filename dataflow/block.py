@@ -68,6 +68,10 @@ class Block(abc.ABC):
         self.config = config
         self.context = context
 
+    @classmethod
+    def remove_leftovers(cls) -> None:  # noqa: B027 - optional hook
+        """Clean what a killed run of this block type left behind (called at each run start)."""
+
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (connections, keyrings). Called once per run."""
 

@@ -54,6 +54,8 @@ def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = No
 def _run_locked(dataflow: Dataflow, report: RunReport, ledger: Ledger, dry_run: bool) -> None:
     ledger.start_run(report)
     remove_stale_workdirs()
+    for cls in {spec.cls for spec in dataflow.blocks}:
+        cls.remove_leftovers()
     workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))  # mode 700
     try:
         asyncio.run(_run(dataflow, report, workdir, ledger, dry_run))

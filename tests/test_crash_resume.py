@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -80,13 +82,43 @@ def rerun(bed: Bed) -> dict:
     return report
 
 
-@pytest.mark.parametrize("point", ["downloaded", "decrypted"])
+@pytest.mark.parametrize("point", ["downloading:2", "downloaded", "decrypted"])
 def test_crash_before_sending(bed: Bed, point: str) -> None:
     put(bed)
     crash(bed, point)
     assert bed.sftp.files("inbox") == [NAME]
     assert bed.sftp.files("errors") == [] and bed.api.requests() == []
     assert_finished_exactly_once(bed, rerun(bed))
+
+
+def test_kill_9_during_decryption_leaves_no_plaintext_behind(bed: Bed) -> None:
+    big = "".join(f"BADGE-GOLD,{100000 + i},16/11/2026 09:30,1798761600\n" for i in range(150000))
+    data = ("badge_id,customer_id,event_date,expires_at\n" + big).encode()
+    bed.sftp.put(f"inbox/{NAME}", bed.keys.encrypt(data))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataflow", "run", str(config(bed))],
+        env={**os.environ, **bed.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    plaintext = None
+    deadline = time.monotonic() + 60
+    while plaintext is None and time.monotonic() < deadline:
+        found = list(Path(tempfile.gettempdir()).glob(f"dataflow-{proc.pid}-*/file-*/decrypted"))
+        plaintext = found[0] if found else None
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    assert plaintext is not None, "decryption was not observed"
+    homes = list(Path("/tmp").glob(f"dfg{proc.pid}-*"))
+    assert homes  # the killed run could not clean up after itself...
+    idle = bed.config(source={"filename_pattern": "nothing-matches"}, file="idle.yaml")
+    code, _, stderr = bed.run_json(idle)
+    assert code == 0, stderr
+    # ...the next run removed its temp dir (with the partial plaintext) and its GnuPG home
+    assert not plaintext.exists()
+    assert not any(h.exists() for h in homes)
+    assert bed.sftp.files("inbox") == [NAME]
 
 
 def test_crash_mid_send_resends_at_most_the_requests_in_flight(bed: Bed) -> None:

@@ -138,8 +138,11 @@ class PgpDecrypt(FileStep):
         self._home: str | None = None
         self._gpg: gnupg.GPG | None = None
 
-    def open(self) -> None:
+    @classmethod
+    def remove_leftovers(cls) -> None:
         remove_stale_homes()
+
+    def open(self) -> None:
         # short: the agent's socket path is limited to ~108 bytes; the pid marks the owner
         home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-", dir="/tmp")
         self._home = home

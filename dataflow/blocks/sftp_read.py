@@ -129,7 +129,9 @@ class _HashingWriter:
 
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
-        return self.target.write(data)
+        written = self.target.write(data)
+        crash_point("downloading")
+        return written
 
 
 class SftpRead(Source):
