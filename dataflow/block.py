@@ -69,8 +69,9 @@ class Block(abc.ABC):
         self.context = context
 
     @classmethod
-    def remove_leftovers(cls) -> None:  # noqa: B027 - optional hook
+    def remove_leftovers(cls) -> None:
         """Clean what a killed run of this block type left behind (called at each run start)."""
+        return None
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire resources (connections, keyrings). Called once per run."""
