@@ -105,6 +105,14 @@ def test_earned_badges_end_to_end(bed: Bed) -> None:
     assert (code, report["status"], report["files"]) == (0, "no_files", [])
     assert len(bed.api.received()) == 4
 
+    # the history, newest first, with per-file counts and accuracy
+    history = bed.run("runs", "acme-earned-badges").stdout.splitlines()
+    assert "acme-earned-badges  no_files" in history[0]
+    assert "acme-earned-badges  partial" in history[1]
+    assert history[2].strip() == (
+        f"{NAME}: partial  total 10, sent 5, ok 4, rejected 5, failed 1, accuracy 40.0%"
+    )
+
 
 def test_dry_run_sends_nothing_and_moves_nothing(bed: Bed) -> None:
     put_sample(bed)
