@@ -221,3 +221,17 @@ def test_secrets_never_appear_even_with_debug_logs(bed: Bed) -> None:
     assert_no_secrets(bed, result.stdout, result.stderr)
     history = bed.run("runs", "--json")
     assert_no_secrets(bed, history.stdout, history.stderr)
+
+
+def test_changed_file_with_the_same_name_is_processed_normally(bed: Bed) -> None:
+    put_sample(bed)
+    config = bed.config()
+    assert bed.run_json(config)[0] == 3
+    changed = sample_csv().replace(b"BADGE-SILVER,1010", b"BADGE-SILVER,1011")
+    put_sample(bed, data=changed)
+    code, report, stderr = bed.run_json(config)
+    assert code == 3, stderr
+    (f,) = report["files"]
+    assert f["status"] == "partial" and f["rows_succeeded"] == 4
+    assert sorted(r["customerId"] for r in bed.api.received()).count(1011) == 1
+    assert re.fullmatch(rf"/processed/{re.escape(NAME)}\.\d{{14}}", f["processed_path"])

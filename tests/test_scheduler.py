@@ -68,10 +68,10 @@ class Scheduler:
             stderr=self.fh,
         )
 
-    def wait_for(self, text: str, timeout: float = 30) -> None:
+    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log.read_text():
+            if self.log.read_text().count(text) >= count:
                 return
             assert self.proc.poll() is None, self.log.read_text()
             time.sleep(0.1)
@@ -97,6 +97,13 @@ def test_schedule_reload_stop_restart_and_catch_up(bed: Bed) -> None:
     sched.proc.send_signal(signal.SIGHUP)
     sched.wait_for("flow-two: next run at")
     sched.wait_for("broken.yaml: invalid")
+    (flows / "two.yaml").rename(flows / "two.yaml.off")
+    sched.proc.send_signal(signal.SIGHUP)
+    sched.wait_for("flow-two: unscheduled")
+    (flows / "two.yaml.off").rename(flows / "two.yaml")
+    sched.proc.send_signal(signal.SIGHUP)
+    sched.wait_for("flow-two: scheduled", count=2)
+    sched.wait_for("flow-two: next run at", count=2)
     assert sched.stop() == 0
     assert "scheduler stopped" in sched.log.read_text()
 
