@@ -8,6 +8,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,10 +187,37 @@ class Bed:
             check=False,
         )
 
+    def spawn(self, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+        """The CLI in the background (for kills and signals)."""
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dataflow", *args],
+            env={**os.environ, **self.env},
+            text=True,
+            **kwargs,
+        )
+
     def run_json(self, config: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
         result = self.run("run", str(config), "--json", *extra)
         report = json.loads(result.stdout) if result.stdout.strip() else {}
         return result.returncode, report, result.stderr
+
+
+COUNTS = ("rows_total", "rows_rejected", "rows_sent", "rows_succeeded", "rows_failed")
+
+
+def counts(file_report: dict[str, Any]) -> tuple[int, ...]:
+    """(total, rejected, sent, succeeded, failed) of a file in a run report."""
+    return tuple(file_report[k] for k in COUNTS)
+
+
+def wait_until(condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from dataflow.ledger import Ledger
 from dataflow.scheduler import local_minute
 from dataflow.trigger import TriggerConfig
 
-from .conftest import Bed
+from .conftest import Bed, wait_until
 
 
 def test_presets_compile_to_cron() -> None:
@@ -84,13 +84,17 @@ class Scheduler:
         return code
 
 
-def test_schedule_reload_stop_restart_and_catch_up(bed: Bed) -> None:
+def start_with_one_flow(bed: Bed) -> tuple[Path, Scheduler]:
     flows = bed.dir / "flows"
     flows.mkdir()
-    first = bed.config(name="flow-one", file="flows/one.yaml")
-    assert first.parent == flows
+    bed.config(name="flow-one", file="flows/one.yaml")
     sched = Scheduler(bed, flows)
     sched.wait_for("flow-one: next run at")
+    return flows, sched
+
+
+def test_schedule_reload_stop_restart_and_catch_up(bed: Bed) -> None:
+    flows, sched = start_with_one_flow(bed)
 
     bed.config(name="flow-two", file="flows/two.yaml")
     (flows / "broken.yaml").write_text("version: 1\nname: broken\n")
@@ -113,18 +117,8 @@ def test_schedule_reload_stop_restart_and_catch_up(bed: Bed) -> None:
             "flow-one",
             "flow-two",
         ]
-        # pretend the scheduler was down over flow-one's fire time
-        (state,) = db.execute(
-            "SELECT job_state FROM apscheduler_jobs WHERE id = 'flow-one'"
-        ).fetchone()
-        job = pickle.loads(state)
-        past = datetime.now(UTC) - timedelta(hours=1)
-        job["next_run_time"] = past
-        db.execute(
-            "UPDATE apscheduler_jobs SET job_state = ?, next_run_time = ? WHERE id = ?",
-            (pickle.dumps(job), past.timestamp(), "flow-one"),
-        )
 
+    make_due(store, "flow-one")  # as if the scheduler was down over its fire time
     (flows / "broken.yaml").unlink()
     bed.sftp.put(
         "inbox/badges_sched.csv.gpg",
@@ -160,11 +154,7 @@ def make_due(store: Path, job_id: str) -> None:
 
 
 def test_sigterm_during_a_run_checkpoints_and_exits_0(bed: Bed) -> None:
-    flows = bed.dir / "flows"
-    flows.mkdir()
-    bed.config(name="flow-one", file="flows/one.yaml")
-    sched = Scheduler(bed, flows)
-    sched.wait_for("flow-one: next run at")
+    flows, sched = start_with_one_flow(bed)
     assert sched.stop() == 0
     make_due(bed.dir / "state" / "schedule.db", "flow-one")
     rows = "".join(f"BADGE-GOLD,{8001 + i},16/11/2026 09:30,1798761600\n" for i in range(30))
@@ -174,9 +164,7 @@ def test_sigterm_during_a_run_checkpoints_and_exits_0(bed: Bed) -> None:
     )
     bed.api.configure(latency_ms=300)
     sched = Scheduler(bed, flows)
-    deadline = time.monotonic() + 60
-    while len(bed.api.requests()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(bed.api.requests()) >= 2)
     assert sched.stop() == 0  # in-flight requests finished, the rest checkpointed
     assert "stopped before the file was finished" in sched.log.read_text()
     assert bed.sftp.files("inbox") == ["badges_long.csv.gpg"]
@@ -190,11 +178,7 @@ def test_sigterm_during_a_run_checkpoints_and_exits_0(bed: Bed) -> None:
 
 
 def test_a_second_scheduler_on_the_same_state_refuses(bed: Bed) -> None:
-    flows = bed.dir / "flows"
-    flows.mkdir()
-    bed.config(name="flow-one", file="flows/one.yaml")
-    sched = Scheduler(bed, flows)
-    sched.wait_for("flow-one: next run at")
+    flows, sched = start_with_one_flow(bed)
     other = bed.run("schedule", str(flows), timeout=60)
     assert other.returncode == 1
     assert "another dataflow scheduler is running" in other.stderr
