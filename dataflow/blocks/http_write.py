@@ -42,7 +42,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dataflow.block import BlockConfig, CheckProblem, OnResult, Sink
+from dataflow.block import BlockConfig, OnResult, Sink
 from dataflow.errors import AuthError, FatalError
 from dataflow.httpauth import Auth, BasicAuth, BasicConfig, OAuthConfig, OAuthToken
 from dataflow.ratelimit import SlidingWindow, backoff, retry_after
@@ -91,9 +91,6 @@ class HttpWriteConfig(BlockConfig):
         if value is not None and not value.startswith("/"):
             raise ValueError("endpoint must start with '/'")
         return value
-
-    def check(self, template: Template) -> list[CheckProblem]:
-        return []
 
 
 class HttpWrite(Sink):
