@@ -14,7 +14,6 @@ import logging
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +50,14 @@ class Chain:
 
 
 async def process_file(
-    chain: Chain, file: RemoteFile, workdir: Path, ledger: Ledger, run: RunReport
+    chain: Chain,
+    file: RemoteFile,
+    workdir: Path,
+    ledger: Ledger,
+    run: RunReport,
+    report: FileReport,
 ) -> FileReport:
-    report = FileReport(name=file.name, lineage_id=str(uuid.uuid4()), size=file.size)
+    """Process one file, filling `report` as it goes (also when a FatalError stops it)."""
     filedir = Path(tempfile.mkdtemp(prefix="file-", dir=workdir))
     try:
         await _process(chain, file, filedir, ledger, report, run)

@@ -100,7 +100,6 @@ async def _run(
     )
     blocks: list[Block] = [spec.cls(spec.config, context) for spec in dataflow.blocks]
     opened: list[Block] = []
-    current: FileReport | None = None
     try:
         source = _one(blocks, Source)
         opened.append(source)  # close() is safe after a failed open()
@@ -125,21 +124,15 @@ async def _run(
             dry_run=dry_run,
         )
         for file in files:
-            current = None
+            current = FileReport(name=file.name, lineage_id=str(uuid.uuid4()), size=file.size)
             try:
-                current = await process_file(chain, file, workdir, ledger, report)
+                await process_file(chain, file, workdir, ledger, report, current)
             except FatalError as exc:
-                reason = redact(str(exc))
-                failed = FileReport(
-                    name=file.name,
-                    lineage_id=str(uuid.uuid4()),
-                    size=file.size,
-                    status="failure",
-                    reason=f"{reason} (the file was left in place for the next run)",
-                )
-                report.files.append(failed)
+                current.status = "failure"
+                current.reason = f"{redact(str(exc))} (the file was left in place for the next run)"
+                report.files.append(current)
                 if not dry_run:
-                    ledger.record_file(report, failed)
+                    ledger.record_file(report, current)
                 raise
             report.files.append(current)  # the pipeline recorded it in the ledger
             log.info(

@@ -169,7 +169,10 @@ def test_sigterm_finishes_in_flight_requests_then_resumes_without_duplicates(bed
     assert "stopped before the file was finished" in report["reason"]
     assert bed.sftp.files("inbox") == [NAME]
     bed.api.configure(latency_ms=0)
-    assert_finished_exactly_once(bed, rerun(bed))  # in-flight requests were acknowledged
+    resumed = rerun(bed)
+    assert_finished_exactly_once(bed, resumed)  # in-flight requests were acknowledged
+    # one lineage for the file across the interrupted run and the one that finished it
+    assert resumed["files"][0]["lineage_id"] == report["files"][0]["lineage_id"]
 
 
 def test_two_runs_of_one_dataflow_never_overlap(bed: Bed) -> None:
