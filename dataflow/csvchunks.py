@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from dataflow.errors import FileRejected
@@ -261,8 +262,6 @@ def _count_lines(text: str) -> int:
 
 
 def _any_newline(table: pa.Table) -> bool:
-    import pyarrow.compute as pc
-
     for column in table.columns:
         if pc.any(pc.match_substring(column, "\n")).as_py():
             return True
@@ -285,7 +284,12 @@ def _drop_blank(block: Block) -> Block:
     """Lines with nothing but delimiters and spaces are counted as blank, not as rows."""
     frame = block.rows
     if len(frame) and len(frame.columns):
-        empty = frame.apply(lambda col: col.str.strip() == "").all(axis=1)
+        # test the first column, then the others only on the few rows still empty
+        empty = frame.iloc[:, 0].str.strip() == ""
+        for name in frame.columns[1:]:
+            if not empty.any():
+                break
+            empty[empty] = frame.loc[empty, name].str.strip() == ""
         if empty.any():
             block.blank += int(empty.sum())
             block.rows = frame[~empty]

@@ -52,6 +52,10 @@ class Request:
     customers: tuple[int, ...] = ()  # customerId of each line, for bulk templates
     request_id: str | None = None  # the idempotency key, for bulk templates
 
+    def fail(self, status_code: str, message: str) -> list[RecordResult]:
+        """The same failure for every line of this request."""
+        return [RecordResult(n, False, status_code, message) for n in self.line_nos]
+
 
 @dataclass(frozen=True)
 class RecordResult:

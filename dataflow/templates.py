@@ -109,16 +109,19 @@ def parse_array_response(request: Request, status: int, payload: Any) -> list[Re
             f"response does not match the request ({len(request.line_nos)} records, got {got}); "
             "the records' outcome is unknown, check them in Capillary before resending"
         )
-        return [RecordResult(n, False, str(status), message) for n in request.line_nos]
-    results = []
-    for line_no, element in zip(request.line_nos, payload, strict=True):
-        errors = element.get("errors") if isinstance(element, dict) else None
-        if errors:
-            code, message = _first_error(errors)
-            results.append(RecordResult(line_no, False, code, message))
-        else:
-            results.append(RecordResult(line_no, True))
-    return results
+        return request.fail(str(status), message)
+    return [
+        _verdict(line_no, element.get("errors") if isinstance(element, dict) else None)
+        for line_no, element in zip(request.line_nos, payload, strict=True)
+    ]
+
+
+def _verdict(line_no: int, errors: Any) -> RecordResult:
+    """Accepted when `errors` is empty, else failed with the first error's code."""
+    if not errors:
+        return RecordResult(line_no, True)
+    code, message = _first_error(errors)
+    return RecordResult(line_no, False, code, message)
 
 
 def _first_error(errors: Any) -> tuple[str, str]:
@@ -191,19 +194,19 @@ def parse_grouped_response(request: Request, status: int, payload: Any) -> list[
     """
     if not isinstance(payload, dict):
         message = f"unexpected response ({type(payload).__name__}); outcome unknown"
-        return [RecordResult(n, False, str(status), message) for n in request.line_nos]
+        return request.fail(str(status), message)
     errors = payload.get("errors") or []
     codes = [str(e.get("code")) for e in errors if isinstance(e, dict)]
     data = payload.get("data")
     issued = data.get("issuedBadges") if isinstance(data, dict) else None
     if errors and "809" not in codes:
         code, message = _first_error(errors)
-        return [RecordResult(n, False, code, message) for n in request.line_nos]
+        return request.fail(code, message)
     if not isinstance(issued, list):
         if "809" in codes:  # already applied by an earlier attempt of ours
             return [RecordResult(n, True) for n in request.line_nos]
         message = "the response has no per-customer results; outcome unknown"
-        return [RecordResult(n, False, str(status), message) for n in request.line_nos]
+        return request.fail(str(status), message)
     by_customer: dict[Any, list[dict[str, Any]]] = {}
     for item in issued:
         if isinstance(item, dict):
@@ -221,13 +224,7 @@ def parse_grouped_response(request: Request, status: int, payload: Any) -> list[
                 )
             )
             continue
-        item = items.pop(0)
-        error = item.get("error")
-        if error:
-            code, message = _first_error(error)
-            results.append(RecordResult(line_no, False, code, message))
-        else:
-            results.append(RecordResult(line_no, True))
+        results.append(_verdict(line_no, items.pop(0).get("error")))
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,16 @@ COUNTS = ("rows_total", "rows_rejected", "rows_sent", "rows_succeeded", "rows_fa
 def counts(file_report: dict[str, Any]) -> tuple[int, ...]:
     """(total, rejected, sent, succeeded, failed) of a file in a run report."""
     return tuple(file_report[k] for k in COUNTS)
+
+
+@contextlib.contextmanager
+def opened(block: Any) -> Iterator[Any]:
+    """A block opened for the duration of a `with`, closed whatever happens."""
+    block.open()
+    try:
+        yield block
+    finally:
+        block.close()
 
 
 def wait_until(condition: Any, timeout: float = 60) -> None:

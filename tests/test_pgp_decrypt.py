@@ -14,6 +14,8 @@ from dataflow.errors import FileRejected
 from dataflow.sandbox import PgpKeys
 from dataflow.templates import EARNED_BADGES
 
+from .conftest import opened
+
 PLAIN = b"badge_id,customer_id\n" + b"".join(b"B,%d\n" % i for i in range(1, 20000))
 
 
@@ -31,10 +33,8 @@ def make_block(
 
 @pytest.fixture
 def block(pgp_keys: PgpKeys, tmp_path: Path):  # type: ignore[no-untyped-def]
-    b = make_block(pgp_keys, tmp_path)
-    b.open()
-    yield b
-    b.close()
+    with opened(make_block(pgp_keys, tmp_path)) as b:
+        yield b
 
 
 def encrypted(keys: PgpKeys, tmp_path: Path, data: bytes = PLAIN) -> Path:
@@ -53,11 +53,8 @@ def test_decrypts_file_to_file(block: PgpDecrypt, pgp_keys: PgpKeys, tmp_path: P
 def test_base64_key_is_accepted(pgp_keys: PgpKeys, tmp_path: Path) -> None:
     b64 = base64.b64encode(pgp_keys.private_key.read_bytes()).decode()
     block = make_block(pgp_keys, tmp_path, private_key=b64)
-    block.open()
-    try:
+    with opened(block):
         assert block.apply(encrypted(pgp_keys, tmp_path), tmp_path).read_bytes() == PLAIN
-    finally:
-        block.close()
 
 
 def test_wrong_passphrase_fails_even_after_a_right_one(

@@ -19,6 +19,8 @@ from dataflow.errors import AuthError, FatalError, FileRejected
 from dataflow.sandbox import SftpServer
 from dataflow.templates import EARNED_BADGES
 
+from .conftest import opened
+
 
 def make(sftp: SftpServer, tmp_path: Path, **overrides: Any) -> SftpRead:
     values: dict[str, Any] = dict(
@@ -39,10 +41,8 @@ def make(sftp: SftpServer, tmp_path: Path, **overrides: Any) -> SftpRead:
 
 @pytest.fixture
 def src(sftp: SftpServer, tmp_path: Path):  # type: ignore[no-untyped-def]
-    block = make(sftp, tmp_path)
-    block.open()
-    yield block
-    block.close()
+    with opened(make(sftp, tmp_path)) as block:
+        yield block
 
 
 def test_lists_by_full_match_oldest_first(src: SftpRead, sftp: SftpServer) -> None:
@@ -60,25 +60,19 @@ def test_min_age_recursion_and_ok_files(sftp: SftpServer, tmp_path: Path) -> Non
     sftp.put("inbox/badges_fresh.csv", b"x", age_seconds=0)
     sftp.put("inbox/sub/badges_deep.csv", b"x", age_seconds=600)
     block = make(sftp, tmp_path, min_file_age_seconds=60, search_recursively=True)
-    block.open()
-    try:
+    with opened(block):
         assert [f.path for f in block.list_files()] == [
             "/inbox/badges_old.csv",
             "/inbox/sub/badges_deep.csv",
         ]
-    finally:
-        block.close()
     block = make(sftp, tmp_path, ok_file=True)
-    block.open()
-    try:
+    with opened(block):
         assert block.list_files() == []
         sftp.put("inbox/badges_old.csv.ok", b"")
         (file,) = block.list_files()
         assert file.ok_path == "/inbox/badges_old.csv.ok"
         block.move_original(file, failed=False)
         assert sftp.files("processed") == ["badges_old.csv", "badges_old.csv.ok"]
-    finally:
-        block.close()
 
 
 def test_download_streams_and_hashes(src: SftpRead, sftp: SftpServer, tmp_path: Path) -> None:
@@ -141,11 +135,8 @@ def test_private_key_auth(sftp: SftpServer, tmp_path: Path, form: str) -> None:
         private_key=SecretStr(text),
         key_passphrase=SecretStr("key-pass"),
     )
-    block.open()
-    try:
+    with opened(block):
         assert block.list_files() == []
-    finally:
-        block.close()
 
 
 def test_encrypted_key_without_passphrase_is_a_config_error(tmp_path: Path) -> None:

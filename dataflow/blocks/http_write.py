@@ -214,7 +214,7 @@ class HttpWrite(Sink):
                 f"requests in a row failed after retries (last: {message}); the file is kept "
                 "and will be taken up by the next run"
             )
-        return [RecordResult(n, False, status, message) for n in request.line_nos]
+        return request.fail(status, message)
 
     def _results(self, request: Request, response: httpx.Response) -> list[RecordResult]:
         status = response.status_code
@@ -225,12 +225,12 @@ class HttpWrite(Sink):
         if 200 <= status < 300:
             if payload is None:
                 message = f"HTTP {status} with an unreadable body; outcome unknown"
-                return [RecordResult(n, False, str(status), message) for n in request.line_nos]
+                return request.fail(str(status), message)
             return self.template.parse_response(request, status, payload)
         if isinstance(payload, list) and len(payload) == len(request.line_nos):
             return self.template.parse_response(request, status, payload)
         message = f"HTTP {status}: {_api_message(response, payload)}"
-        return [RecordResult(n, False, str(status), message) for n in request.line_nos]
+        return request.fail(str(status), message)
 
 
 def _api_message(response: httpx.Response, payload: Any = None) -> str:

@@ -312,9 +312,7 @@ class SftpRead(Source):
             writer = _HashingWriter(fh)
             try:
                 size = self.sftp.getfo(file.path, writer)  # type: ignore[arg-type]
-            except OSError as exc:
-                raise self._io("download of", file.path, exc) from exc
-            except paramiko.SSHException as exc:
+            except (OSError, paramiko.SSHException) as exc:
                 raise self._io("download of", file.path, exc) from exc
         log.info("downloaded %s (%d bytes)", file.path, size)
         return writer.sha256.hexdigest()
