@@ -57,6 +57,8 @@ class CsvChunks:
         block_chars: int = 4 << 20,
     ) -> None:
         codec = codecs.lookup(encoding).name
+        self.path = path
+        self.encoding = encoding
         self._fh = path.open(
             encoding="utf-8-sig" if codec == "utf-8" else encoding, newline="", errors="strict"
         )
@@ -82,6 +84,32 @@ class CsvChunks:
 
     def close(self) -> None:
         self._fh.close()
+
+    def check_decodable(self) -> None:
+        """Decode the whole file once, streaming, so that a bad byte deep in it is a
+        file-level failure before any row is sent (not after half the file went out)."""
+        with self.path.open("rb") as raw:
+            decoder = codecs.getincrementaldecoder(self._fh.encoding)(errors="strict")
+            line, offset = 1, 0
+            while block := raw.read(1 << 20):
+                try:
+                    text = decoder.decode(block)
+                except UnicodeDecodeError as exc:
+                    line += block[: exc.start].count(b"\n")
+                    raise FileRejected(
+                        f"the file is not valid {self.encoding} (byte 0x{block[exc.start]:02x} "
+                        f"at offset {offset + exc.start}, on line {line}); set `encoding:` "
+                        "on the field_mapping block"
+                    ) from exc
+                line += text.count("\n")
+                offset += len(block)
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError as exc:
+                raise FileRejected(
+                    f"the file is not valid {self.encoding}: it ends inside a character; "
+                    "set `encoding:` on the field_mapping block"
+                ) from exc
 
     # -- raw text ---------------------------------------------------------------------------
 

@@ -235,3 +235,17 @@ def test_changed_file_with_the_same_name_is_processed_normally(bed: Bed) -> None
     assert f["status"] == "partial" and f["rows_succeeded"] == 4
     assert sorted(r["customerId"] for r in bed.api.received()).count(1011) == 1
     assert re.fullmatch(rf"/processed/{re.escape(NAME)}\.\d{{14}}", f["processed_path"])
+
+
+def test_a_bad_byte_deep_in_the_file_fails_it_before_anything_is_sent(bed: Bed) -> None:
+    good = "".join(f"BADGE-GOLD,{2000 + i},16/11/2026 09:30,1798761600\n" for i in range(3000))
+    data = ("badge_id,customer_id,event_date,expires_at\n" + good).encode() + b"BADGE-\xff,1,x,y\n"
+    put_sample(bed, data=data)
+    code, report, stderr = bed.run_json(bed.config(transform={"chunk_bytes": 4096}))
+    assert code == 1, stderr
+    (f,) = report["files"]
+    assert f["status"] == "failure"
+    assert f["reason"].startswith("the file is not valid utf-8 (byte 0xff at offset ")
+    assert "on line 3002)" in f["reason"]
+    assert bed.api.requests() == []  # nothing from the file was sent
+    assert bed.sftp.files("errors")[0] == NAME

@@ -196,6 +196,11 @@ class FieldMapping(Transform):
                 f"mapped column(s) {', '.join(repr(m) for m in missing)} missing from the "
                 f"header ({', '.join(chunks.columns)}); fix the mapping or ask the vendor"
             )
+        try:
+            chunks.check_decodable()
+        except FileRejected:
+            chunks.close()
+            raise
         return _MappedStream(chunks, c.specs, self.context.template)
 
 
