@@ -5,6 +5,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dataflow ./dataflow
+COPY blocks ./blocks
 RUN pip install --no-cache-dir .
 RUN useradd --create-home dataflow
 USER dataflow

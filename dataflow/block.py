@@ -10,7 +10,7 @@ A dataflow is one Source, any number of FileSteps, one Transform and one Sink, i
     Sink.send(requests, on_result)             (async; one RecordResult per source line)
     Source.upload_error_file(...), Source.move_original(...)
 
-Each block type is one module in `dataflow.blocks` with a `Config` model (a `BlockConfig`)
+Each block type is one module in the top-level `blocks/` folder (import name `dataflow_blocks`) with a `Config` model (a `BlockConfig`)
 that declares every key once; that model drives validation, the docs and secret handling.
 Blocks get their config and a `RunContext`, open their resources in `open()` and release them
 in `close()`, and translate library exceptions into `dataflow.errors` at their boundary.

@@ -11,10 +11,10 @@ from functools import cache
 from importlib.metadata import entry_points
 
 from dataflow.block import Block
-from dataflow.blocks.field_mapping import FieldMapping
-from dataflow.blocks.http_write import HttpWrite
-from dataflow.blocks.pgp_decrypt import PgpDecrypt
-from dataflow.blocks.sftp_read import SftpRead
+from dataflow_blocks.field_mapping import FieldMapping
+from dataflow_blocks.http_write import HttpWrite
+from dataflow_blocks.pgp_decrypt import PgpDecrypt
+from dataflow_blocks.sftp_read import SftpRead
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check dataflow tests bench
-.venv/bin/ruff format --check dataflow tests bench
-.venv/bin/mypy dataflow
+.venv/bin/ruff check dataflow blocks tests bench
+.venv/bin/ruff format --check dataflow blocks tests bench
+.venv/bin/mypy dataflow blocks
 exec .venv/bin/python -m pytest -q "$@"

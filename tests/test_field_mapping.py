@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dataflow.blocks.field_mapping import FieldSpec, map_rows
 from dataflow.templates import EARNED_BADGES, to_json_value
+from dataflow_blocks.field_mapping import FieldSpec, map_rows
 
 LATER = "1830000000"  # 2027-12-28
 

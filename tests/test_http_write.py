@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from dataflow.block import RunContext
-from dataflow.blocks.http_write import HttpWrite, HttpWriteConfig
 from dataflow.errors import AuthError, FatalError
 from dataflow.rows import RecordResult, Request
 from dataflow.sandbox import Emulator
 from dataflow.templates import EARNED_BADGES
+from dataflow_blocks.http_write import HttpWrite, HttpWriteConfig
 
 from .conftest import BASIC_PASSWORD, BASIC_USER, CLIENT_KEY, CLIENT_SECRET
 

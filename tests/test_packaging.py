@@ -48,7 +48,7 @@ def test_builtin_blocks_are_registered_explicitly() -> None:
         assert issubclass(cls, Block)
         assert cls.Config.model_fields["type"].default == name
         module = importlib.import_module(cls.__module__)
-        assert module.__name__ == f"dataflow.blocks.{name}"
+        assert module.__name__ == f"dataflow_blocks.{name}"
         assert "Example::" in (module.__doc__ or "")  # every block documents itself
 
 

@@ -9,10 +9,10 @@ import pytest
 from pydantic import SecretStr
 
 from dataflow.block import RunContext
-from dataflow.blocks.pgp_decrypt import PgpDecrypt, PgpDecryptConfig
 from dataflow.errors import FileRejected
 from dataflow.sandbox import PgpKeys
 from dataflow.templates import EARNED_BADGES
+from dataflow_blocks.pgp_decrypt import PgpDecrypt, PgpDecryptConfig
 
 from .conftest import opened
 

@@ -14,10 +14,10 @@ import pytest
 from pydantic import SecretStr
 
 from dataflow.block import RunContext
-from dataflow.blocks.sftp_read import SftpRead, SftpReadConfig
 from dataflow.errors import AuthError, FatalError, FileRejected
 from dataflow.sandbox import SftpServer
 from dataflow.templates import EARNED_BADGES
+from dataflow_blocks.sftp_read import SftpRead, SftpReadConfig
 
 from .conftest import opened
 
