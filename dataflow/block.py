@@ -1,6 +1,9 @@
 """The block contract: what a block is and what flows between blocks.
 
-A dataflow is one Source, any number of FileSteps, one Transform and one Sink, in that order::
+A dataflow is one Source, any number of FileSteps, one Transform and one Sink, in that order,
+and at most one Trigger (when it runs by itself; without one it runs only on demand)::
+
+    Trigger.next_fire(previous, now) -> datetime   (the scheduler asks; no library type crosses)
 
     Source.list_files() -> [RemoteFile]        (one file is the unit of work)
     Source.download(file, path) -> sha256
@@ -21,6 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -29,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 from dataflow.rows import Chunk, RecordResult, Request
 from dataflow.templates import Template
 
-BlockKind = Literal["source", "step", "transform", "sink"]
+BlockKind = Literal["source", "step", "transform", "sink", "trigger"]
 
 # (relative YAML path inside the block, message)
 CheckProblem = tuple[tuple[str | int, ...], str]
@@ -116,6 +120,12 @@ class Source(Block):
         """Source-specific unpacking after the file steps (unzip); default: nothing."""
         return path
 
+    @property
+    def neutralize_formulas(self) -> bool:
+        """Write a value that would open as a spreadsheet formula with a leading ``'`` in the
+        error file this source gets back (contract §3); a source may let users turn it off."""
+        return True
+
 
 class FileStep(Block):
     kind = "step"
@@ -157,3 +167,28 @@ class Sink(Block):
 
         Raises FatalError (bad credentials, retries exhausted) to stop the run.
         """
+
+
+class Trigger(Block):
+    """When a dataflow runs by itself. The scheduler only calls these three methods."""
+
+    kind = "trigger"
+
+    def __init__(self, config: Any, context: RunContext | None = None) -> None:
+        # a trigger is consulted outside any run (by the scheduler): it has no run context
+        self.config = config
+
+    @abc.abstractmethod
+    def next_fire(self, previous: datetime | None, now: datetime) -> datetime | None:
+        """The next fire time after `previous` (None at first: after `now`); None: never again.
+
+        A time before `now` is a missed fire; the scheduler coalesces missed fires into one.
+        """
+
+    def fire_key(self, when: datetime) -> str | None:
+        """Fires that share a key run once (for example one wall-clock minute); None: no guard."""
+        return None
+
+    def describe(self) -> str:
+        """A short human description, for logs and the run-history page."""
+        return type(self).__name__

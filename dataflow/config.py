@@ -16,14 +16,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from dataflow import redact
-from dataflow.block import Block, BlockConfig
+from dataflow.block import Block, BlockConfig, Trigger
 from dataflow.errors import ConfigError
-from dataflow.registry import block_types
+from dataflow import registry
 from dataflow.templates import TEMPLATES, Template
-from dataflow.trigger import TriggerConfig
 from dataflow.yamlsource import Document, YamlPath, load
 
-ORDER = {"source": 0, "step": 1, "transform": 2, "sink": 3}
+ORDER = {"source": 0, "step": 1, "transform": 2, "sink": 3}  # a trigger may stand anywhere
 
 
 class DataflowModel(BaseModel):
@@ -33,7 +32,6 @@ class DataflowModel(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=100)
     template: str
     enabled: bool = True
-    trigger: TriggerConfig | None = None
     blocks: list[dict[str, Any]] = Field(repr=False)  # raw; validated per block type
 
 
@@ -54,6 +52,15 @@ class Dataflow:
     def name(self) -> str:
         return self.model.name
 
+    @property
+    def trigger(self) -> Trigger | None:
+        """The dataflow's trigger block, if it has one (enabled)."""
+        for spec in self.blocks:
+            if issubclass(spec.cls, Trigger):
+                trigger: Trigger = spec.cls(spec.config)
+                return trigger
+        return None
+
 
 def load_dataflow(path: str | Path, env: Mapping[str, str] | None = None) -> Dataflow:
     doc = load(path, env)
@@ -62,6 +69,9 @@ def load_dataflow(path: str | Path, env: Mapping[str, str] | None = None) -> Dat
     if not isinstance(doc.data, dict):
         doc.problem((), "a dataflow file must be a mapping of keys (version, name, ...)")
         raise ConfigError(doc.problems)
+    if "trigger" in doc.data:  # the earlier form: say what to write instead
+        doc.problem(("trigger",), _old_trigger(doc.data["trigger"]))
+        del doc.data["trigger"]
     model = _validate(doc, DataflowModel, doc.data, ())
     template = None
     name = doc.data.get("template")
@@ -77,12 +87,28 @@ def load_dataflow(path: str | Path, env: Mapping[str, str] | None = None) -> Dat
     return Dataflow(Path(path), model, template, enabled)
 
 
+def _old_trigger(value: Any) -> str:
+    keys = dict(value) if isinstance(value, dict) else {"cron": "0 6 * * MON"}
+    inline = ", ".join(f"{k}: {_flow(v)}" for k, v in keys.items())
+    return (
+        "a top-level 'trigger' is no longer read; the trigger is a block: add to blocks: "
+        f"'- {{name: trigger, type: schedule, {inline}}}'"
+    )
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return f'"{value}"' if isinstance(value, str) and (" " in value or ":" in value) else str(value)
+
+
 def _validate_blocks(doc: Document, raw: Any, template: Template | None) -> list[BlockSpec]:
     if not isinstance(raw, list):
         return []  # the model's validation already reported it
     specs: list[BlockSpec] = []
     names: dict[str, int] = {}
-    types_ = block_types()
     for i, item in enumerate(raw):
         path: YamlPath = ("blocks", i)
         if not isinstance(item, dict):
@@ -92,9 +118,9 @@ def _validate_blocks(doc: Document, raw: Any, template: Template | None) -> list
         if not isinstance(type_name, str):
             doc.problem(path, "required key 'type' is missing")
             continue
-        cls = types_.get(type_name)
+        cls = registry.resolve(type_name)
         if cls is None:
-            doc.problem((*path, "type"), _unknown("block type", type_name, list(types_)))
+            doc.problem((*path, "type"), _unknown("block type", type_name, registry.names()))
             continue
         config = _validate(doc, cls.Config, item, path)
         if config is None:
@@ -117,6 +143,14 @@ def _check_order(doc: Document, specs: list[BlockSpec], raw: list[Any]) -> None:
     if len(specs) != len(raw):
         return  # a block already failed; order problems would only add noise
     kinds: list[str] = [s.cls.kind for s in specs]
+    triggers = [i for i, kind in enumerate(kinds) if kind == "trigger"]
+    if len(triggers) > 1:
+        doc.problem(
+            ("blocks", triggers[1]),
+            f"a dataflow has at most one trigger; blocks[{triggers[0]}] is one already",
+        )
+    ordered = [(i, k) for i, k in enumerate(kinds) if k != "trigger"]
+    kinds = [k for _, k in ordered]
     for kind, label in (
         ("source", "a source (sftp_read)"),
         ("transform", "a transform (field_mapping)"),
@@ -129,7 +163,7 @@ def _check_order(doc: Document, specs: list[BlockSpec], raw: list[Any]) -> None:
     for i in range(1, len(ranks)):
         if ranks[i] < ranks[i - 1]:
             doc.problem(
-                ("blocks", i),
+                ("blocks", ordered[i][0]),
                 "blocks must run source, then steps (pgp_decrypt), then "
                 f"transform, then destination; {kinds[i]} comes too late",
             )

@@ -307,10 +307,6 @@ name: acme-earned-badges
 template: earned_badges
 enabled: true
 
-trigger:
-  cron: "0 6 * * MON"
-  timezone: Asia/Kolkata
-
 blocks:
   - name: connect_to_source
     type: sftp_read
@@ -347,6 +343,11 @@ blocks:
       client_secret: ${{SANDBOX_CLIENT_SECRET}}
     batch_size: 100
     concurrency: 4
+
+  - name: trigger
+    type: schedule
+    cron: "0 6 * * MON"
+    timezone: Asia/Kolkata
 """
 
 

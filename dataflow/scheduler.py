@@ -23,11 +23,14 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from zoneinfo import ZoneInfo
+from typing import Any
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
 
+from dataflow import registry
+from dataflow.block import Trigger
 from dataflow.config import Dataflow, load_dataflow
 from dataflow.errors import ConfigError
 from dataflow.ledger import Ledger, state_dir
@@ -76,9 +79,45 @@ def load_all(paths: list[Path]) -> tuple[list[Dataflow], set[Path]]:
     return list(dataflows.values()), invalid
 
 
-def local_minute(timezone: str, when: datetime) -> str:
-    """The wall-clock minute of `when` in `timezone`: the same for both 02:30 of a fall-back."""
-    return when.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
+class BlockTrigger(BaseTrigger):  # type: ignore[misc]
+    """Adapts a dataflow `Trigger` block to APScheduler. It is pickled into the job store as
+    (block type, config), so a restarted scheduler rebuilds the block from its own config."""
+
+    def __init__(self, type_name: str, config: dict[str, Any]) -> None:
+        self.type_name = type_name
+        self.config = config
+        self.block = _build_trigger(type_name, config)
+
+    @classmethod
+    def of(cls, trigger: Trigger) -> BlockTrigger:
+        config = trigger.config.model_dump(mode="json")
+        return cls(str(config["type"]), config)
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        return self.block.next_fire(previous_fire_time, now)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"version": 1, "type": self.type_name, "config": self.config}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["type"], state["config"])  # type: ignore[misc]
+
+    def __str__(self) -> str:
+        return self.block.describe()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BlockTrigger) and self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _build_trigger(type_name: str, config: dict[str, Any]) -> Trigger:
+    cls = registry.resolve(type_name)
+    if cls is None or not issubclass(cls, Trigger):
+        raise LookupError(f"trigger block type {type_name!r} is not installed")
+    return cls(cls.Config.model_validate(config))
 
 
 def run_job(path: str) -> None:
@@ -90,18 +129,17 @@ def run_job(path: str) -> None:
     except ConfigError as exc:
         log.error("%s: not run, the file is invalid:\n%s", path, exc)
         return
-    trigger = dataflow.model.trigger
+    trigger = dataflow.trigger
     ledger = Ledger()
     try:
-        if trigger is not None and trigger.crontab is not None:
-            minute = local_minute(trigger.timezone, datetime.now(UTC))
-            if not ledger.claim_fire(dataflow.name, minute):
-                log.warning(
-                    "%s: already ran at %s local time (a DST fall-back repeat); skipping",
-                    dataflow.name,
-                    minute,
-                )
-                return
+        key = trigger.fire_key(datetime.now(UTC)) if trigger is not None else None
+        if key is not None and not ledger.claim_fire(dataflow.name, key):
+            log.warning(
+                "%s: already ran at %s local time (a DST fall-back repeat); skipping",
+                dataflow.name,
+                key,
+            )
+            return
         report = run(dataflow, ledger=ledger)
     finally:
         ledger.close()
@@ -119,7 +157,7 @@ def sync_jobs(scheduler: BackgroundScheduler, paths: list[Path]) -> None:
     dataflows, invalid = load_all(paths)
     wanted: dict[str, Dataflow] = {}
     for dataflow in dataflows:
-        if not dataflow.model.enabled or dataflow.model.trigger is None:
+        if not dataflow.model.enabled or dataflow.trigger is None:
             why = "disabled" if not dataflow.model.enabled else "no trigger"
             log.info("%s: not scheduled (%s)", dataflow.name, why)
             continue
@@ -130,11 +168,12 @@ def sync_jobs(scheduler: BackgroundScheduler, paths: list[Path]) -> None:
             log.info("%s: unscheduled (its file is gone, disabled or without trigger)", job.id)
             scheduler.remove_job(job.id)
     for name, dataflow in wanted.items():
-        assert dataflow.model.trigger is not None
-        trigger = dataflow.model.trigger.build()
+        block = dataflow.trigger
+        assert block is not None
+        trigger = BlockTrigger.of(block)
         args = [str(dataflow.path.resolve())]
         job = scheduler.get_job(name)
-        if job is not None and str(job.trigger) == str(trigger) and list(job.args) == args:
+        if job is not None and job.trigger == trigger and list(job.args) == args:
             continue  # unchanged: keep its next run time (and any missed run)
         scheduler.add_job(JOB_FUNC, trigger, args=args, id=name, name=name, replace_existing=True)
         log.info("%s: scheduled (%s)", name, trigger)

@@ -1,20 +1,23 @@
-"""When a dataflow runs, in an IANA timezone (default UTC). Exactly one of:
+"""The forms of "when", in an IANA timezone (default UTC), shared by the `schedule` trigger block
+and the alerts' ``expect_file`` deadline. Exactly one of:
 
 - ``cron: "0 6 * * MON"``: a 5-field crontab;
-- ``every: {minutes: 15}`` or ``every: {hours: 6}``: a fixed interval;
+- ``every: {minutes: 15}``, ``{hours: 6}`` or ``{days: 7}``: a fixed interval;
 - ``daily: "06:00"``: every day at a time (Connect+'s "daily" preset);
 - ``weekly: {day: MON, at: "06:00"}``: one day a week at a time (``day`` may be a list).
 
-The presets compile to the same cron triggers.
+The presets compile to the same cron expressions. `When.next_fire` is the engine's own
+"next fire" rule (no APScheduler type crosses it); APScheduler is only used inside it to
+evaluate a crontab, and is imported when first needed.
 """
 
 from __future__ import annotations
 
+import functools
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 from pydantic import AfterValidator, BaseModel, ConfigDict, field_validator, model_validator
 
 
@@ -34,15 +37,20 @@ class Every(BaseModel):
 
     minutes: int | None = None
     hours: int | None = None
+    days: int | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Every:
-        given = [v for v in (self.minutes, self.hours) if v is not None]
+        given = [v for v in (self.minutes, self.hours, self.days) if v is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of minutes or hours")
+            raise ValueError("give exactly one of minutes, hours or days")
         if given[0] < 1:
             raise ValueError("the interval must be at least 1")
         return self
+
+    @property
+    def interval(self) -> timedelta:
+        return timedelta(minutes=self.minutes or 0, hours=self.hours or 0, days=self.days or 0)
 
 
 DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
@@ -74,7 +82,18 @@ class Weekly(BaseModel):
         return value
 
 
-class TriggerConfig(BaseModel):
+@functools.lru_cache(maxsize=256)
+def _cron_trigger(crontab: str, timezone: str | None = None) -> Any:
+    """One parsed crontab per expression and zone (validation and every fire reuse it)."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    tz = ZoneInfo(timezone) if timezone else None
+    return CronTrigger.from_crontab(crontab, timezone=tz)
+
+
+class When(BaseModel):
+    """One of cron, every, daily or weekly, in a timezone."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cron: str | None = None
@@ -93,13 +112,13 @@ class TriggerConfig(BaseModel):
                 f"{value!r} is not a 5-field crontab (minute hour day month day-of-week)"
             )
         try:
-            CronTrigger.from_crontab(value)
+            _cron_trigger(value)
         except ValueError as exc:
             raise ValueError(f"invalid crontab {value!r}: {exc}") from None
         return value
 
     @model_validator(mode="after")
-    def _one(self) -> TriggerConfig:
+    def _one(self) -> When:
         given = [k for k in ("cron", "every", "daily", "weekly") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of cron, every, daily or weekly")
@@ -119,12 +138,30 @@ class TriggerConfig(BaseModel):
             return f"{int(minute)} {int(hour)} * * {','.join(d.upper() for d in days)}"
         return None
 
-    def build(self) -> Any:
-        """The APScheduler trigger for this config."""
-        tz = ZoneInfo(self.timezone)
-        if self.crontab is not None:
-            return CronTrigger.from_crontab(self.crontab, timezone=tz)
-        assert self.every is not None
-        return IntervalTrigger(
-            minutes=self.every.minutes or 0, hours=self.every.hours or 0, timezone=tz
-        )
+    def next_fire(self, previous: datetime | None, now: datetime) -> datetime:
+        """The next fire time: after `previous` (the last fire, None at first), else after now.
+
+        Missed fires (the process was down) come back as times before `now`: the scheduler
+        coalesces them into one catch-up run.
+        """
+        if self.every is not None:
+            return (previous or now) + self.every.interval
+        assert self.crontab is not None
+        trigger = _cron_trigger(self.crontab, self.timezone)
+        fire: datetime = trigger.get_next_fire_time(previous, now)
+        return fire
+
+    def fire_key(self, when: datetime) -> str | None:
+        """Fires with the same key run once: the wall-clock minute of a cron form (so both
+        02:30 of a DST fall-back day run once); None for `every`."""
+        if self.crontab is None:
+            return None
+        return when.astimezone(ZoneInfo(self.timezone)).strftime("%Y-%m-%d %H:%M")
+
+    def describe(self) -> str:
+        if self.every is not None:
+            return f"every {self.every.interval}"
+        return f"cron[{self.crontab}] {self.timezone}"
+
+
+TriggerConfig = When  # the earlier name

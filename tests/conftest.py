@@ -166,14 +166,14 @@ class Bed:
                 "concurrency": 2,
                 **(sink or {}),
             },
+            {
+                "name": "trigger",
+                "type": "schedule",
+                "cron": "0 6 * * MON",
+                "timezone": "Asia/Kolkata",
+            },
         ]
-        doc = {
-            "version": 1,
-            "name": name,
-            "template": template,
-            "trigger": {"cron": "0 6 * * MON", "timezone": "Asia/Kolkata"},
-            "blocks": blocks,
-        }
+        doc = {"version": 1, "name": name, "template": template, "blocks": blocks}
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
 

@@ -43,7 +43,7 @@ def test_docker_compose_parses_and_references_what_exists() -> None:
 
 
 def test_builtin_blocks_are_registered_explicitly() -> None:
-    assert set(BUILTINS) == {"sftp_read", "pgp_decrypt", "field_mapping", "http_write"}
+    assert set(BUILTINS) == {"sftp_read", "pgp_decrypt", "field_mapping", "http_write", "schedule"}
     for name, cls in block_types().items():
         assert issubclass(cls, Block)
         assert cls.Config.model_fields["type"].default == name

@@ -14,12 +14,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import ValidationError
 
 from dataflow.ledger import Ledger
-from dataflow.scheduler import local_minute
 from dataflow.trigger import TriggerConfig
+from dataflow_blocks.schedule import Schedule, ScheduleConfig
 
 from .conftest import Bed, wait_until
 
@@ -28,9 +27,14 @@ def test_presets_compile_to_cron() -> None:
     assert TriggerConfig(daily="6:00").crontab == "0 6 * * *"
     weekly = TriggerConfig(weekly={"day": ["mon", "THU"], "at": "07:45"}, timezone="Asia/Kolkata")
     assert weekly.crontab == "45 7 * * MON,THU"
-    fire = weekly.build().get_next_fire_time(None, datetime(2026, 11, 22, tzinfo=UTC))
+    fire = weekly.next_fire(None, datetime(2026, 11, 22, tzinfo=UTC))
     assert fire == datetime(2026, 11, 23, 7, 45, tzinfo=ZoneInfo("Asia/Kolkata"))
+    assert weekly.next_fire(fire, fire) == fire + timedelta(days=3)  # MON then THU
     assert TriggerConfig(every={"minutes": 15}).crontab is None
+    weekly_every = TriggerConfig(every={"days": 7})
+    start = datetime(2026, 11, 22, 6, tzinfo=UTC)
+    assert weekly_every.next_fire(None, start) == start + timedelta(days=7)
+    assert weekly_every.next_fire(start, start + timedelta(hours=1)) == start + timedelta(days=7)
     with pytest.raises(ValidationError, match="'25:00' is not a time of day"):
         TriggerConfig(daily="25:00")
     with pytest.raises(ValidationError, match="give exactly one of cron, every, daily or weekly"):
@@ -41,16 +45,21 @@ def test_presets_compile_to_cron() -> None:
 
 def test_dst_fall_back_runs_once(tmp_path: Path) -> None:
     tz = "Europe/Berlin"
-    trigger = CronTrigger.from_crontab("30 2 * * *", timezone=ZoneInfo(tz))
-    first = trigger.get_next_fire_time(None, datetime(2026, 10, 24, 12, tzinfo=UTC))
-    second = trigger.get_next_fire_time(first, first)
+    trigger = Schedule(ScheduleConfig(name="trigger", cron="30 2 * * *", timezone=tz))
+    first = trigger.next_fire(None, datetime(2026, 10, 24, 12, tzinfo=UTC))
+    assert first is not None
+    second = trigger.next_fire(first, first)
+    assert second is not None
     assert second.astimezone(UTC) - first.astimezone(UTC) == timedelta(hours=1)  # twice
     ledger = Ledger(tmp_path)
     try:
-        claims = [ledger.claim_fire("flow", local_minute(tz, f)) for f in (first, second)]
+        keys = [trigger.fire_key(f) for f in (first, second)]
+        assert keys == ["2026-10-25 02:30", "2026-10-25 02:30"]
+        claims = [ledger.claim_fire("flow", str(k)) for k in keys]
         assert claims == [True, False]
-        third = trigger.get_next_fire_time(second, second)
-        assert ledger.claim_fire("flow", local_minute(tz, third))  # the next day runs
+        third = trigger.next_fire(second, second)
+        assert third is not None
+        assert ledger.claim_fire("flow", str(trigger.fire_key(third)))  # the next day runs
     finally:
         ledger.close()
 
