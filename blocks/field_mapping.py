@@ -21,15 +21,27 @@ template declares (see `dataflow.templates`); a date without ``date_format`` is 
 ISO-8601, and a date without an offset is taken in ``timezone`` (default UTC). A row that
 breaks a rule is rejected with a reason naming the field; a malformed line (wrong number of
 fields, broken quotes) is rejected with its text; blank lines are counted as filtered.
+
+Dates are held at millisecond resolution (no pandas nanosecond limit of 1677..2262); the API
+takes integer epoch seconds and ISO-8601 with four-digit years, so a date must fall within
+1970-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z (UTC): ``31/12/9999`` ("never expires") is
+sent, a year-1 or pre-1970 date, or an epoch value out of that range, is a rejected row saying
+so. ``epoch``/``epoch_ms`` take a plain decimal number (no exponent, no hex). A local time
+skipped by a DST change is rejected as not existing in the timezone; a repeated autumn time
+is taken as its first occurrence (the earlier instant). A mapped value holding a C0 or C1
+control character (U+0000-U+001F, U+007F-U+009F) other than tab, after trimming, rejects
+the row naming the field and the character's code point.
 """
 
 from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import (
     BaseModel,
@@ -50,6 +62,20 @@ from dataflow.trigger import Timezone
 
 DATE_KEYWORDS = ("epoch", "epoch_ms", "iso8601")
 _MAX_CUSTOMER_ID = 2**63 - 1
+DATE_RANGE = "1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+_DATE_DTYPE = "datetime64[ms, UTC]"  # milliseconds: no nanosecond limit (1677..2262)
+_DATE_MIN = pd.Timestamp("1970-01-01T00:00:00Z").as_unit("ms")
+_DATE_MAX = pd.Timestamp("9999-12-31T23:59:59.999Z").as_unit("ms")
+_DATE_MAX_MS = 253402300799999
+_ISO_OFFSET = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"
+# C0 and C1 control characters (and DEL), except tab
+_CONTROL = "[\x00-\x08\x0a-\x1f\x7f-\x9f]"
+
+
+def _delimiter_schema(schema: dict[str, Any]) -> None:
+    """The schema describes what a user writes: one character, or `tab` / `\\t`."""
+    schema.pop("maxLength", None)
+    schema["pattern"] = r"^(.|tab|\\t)$"
 
 
 class FieldSpec(BaseModel):
@@ -101,7 +127,13 @@ MappingValue = Annotated[
 
 class FieldMappingConfig(BlockConfig):
     type: Literal["field_mapping"] = "field_mapping"
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    delimiter: str = Field(
+        default=",",
+        min_length=1,
+        max_length=1,
+        description="one character; `tab` or `\\t` for tab-separated files",
+        json_schema_extra=_delimiter_schema,
+    )
     encoding: str = "utf-8"
     headerless: bool = False
     headers: list[str] = Field(default_factory=list)
@@ -242,11 +274,17 @@ def map_rows(
         empty = values == ""
         if field in template.fields:
             _note(problems, empty, f"{field}: empty ({spec.described})")
-        converted, bad = _convert(values, kind, spec)
-        bad &= ~empty
+        control = values.str.contains(_CONTROL, regex=True)
+        if control.any():
+            found = values[control].str.extract(f"({_CONTROL})", expand=False)
+            codes = found.map(lambda c: f"U+{ord(c):04X}")
+            message = field + ": contains the control character " + codes
+            _note(problems, control, message + f" ({spec.described})")
+        converted, why = _convert(values, kind, spec)
+        bad = (why != "") & ~empty & ~control
         if bad.any():
             shown = values[bad].str.slice(0, 60)
-            _note(problems, bad, field + ": '" + shown + "' " + _why(kind, spec))
+            _note(problems, bad, field + ": '" + shown + "' " + why[bad])
         out[field] = converted
     records = pd.DataFrame(out, index=source.index)
     ok = problems == ""
@@ -273,72 +311,162 @@ def _note(problems: pd.Series[Any], mask: pd.Series[Any], message: Any) -> None:
     problems.loc[mask] = current.where(current == "", current + "; ") + msg
 
 
-def _why(kind: str, spec: FieldSpec) -> str:
+def _why(kind: str) -> str:
     if kind == "customer_id":
         return "is not a positive integer"
     if kind == "owner_type":
         return "is not an ownerType (" + ", ".join(OWNER_TYPES) + ")"
-    if kind in DATE_KINDS:
-        formats = " or ".join(f"'{f}'" for f in spec.formats)
-        return f"does not match date_format {formats}"
     return "is invalid"
 
 
 def _convert(values: pd.Series[Any], kind: str, spec: FieldSpec) -> tuple[Any, pd.Series[Any]]:
-    """Typed values and a mask of the values that could not be converted."""
+    """Typed values and, per value, why it could not be converted ("" where it could)."""
+    if kind in DATE_KINDS:
+        return parse_dates(values, spec.formats, spec.timezone)
     if kind == "customer_id":
-        digits = values.str.fullmatch(r"\+?[0-9]{1,19}")
+        digits = values.str.fullmatch(r"\+?[0-9]{1,19}")  # ASCII digits only
         numbers = pd.to_numeric(values.where(digits, "0").str.lstrip("+"), errors="coerce")
         bad = ~digits | numbers.isna() | (numbers <= 0) | (numbers > _MAX_CUSTOMER_ID)
-        return numbers.where(~bad, 0).astype("int64"), bad
-    if kind in DATE_KINDS:
-        parsed = parse_dates(values, spec.formats, spec.timezone)
-        return parsed, parsed.isna()
-    if kind == "owner_type":
-        return values, ~values.isin(OWNER_TYPES)
-    return values, pd.Series(False, index=values.index)
+        converted: Any = numbers.where(~bad, 0).astype("int64")
+    elif kind == "owner_type":
+        converted, bad = values, ~values.isin(OWNER_TYPES)
+    else:
+        converted, bad = values, pd.Series(False, index=values.index)
+    return converted, bad.map({True: _why(kind), False: ""}).astype("str")
 
 
-def parse_dates(values: pd.Series[Any], formats: list[str], timezone: str) -> pd.Series[Any]:
-    """Parse with each format in turn; UTC timestamps, NaT where nothing matched."""
-    result = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+# --- dates ------------------------------------------------------------------------------------
+
+_OK, _NO_MATCH, _GAP, _RANGE = 0, 1, 2, 3  # a value's outcome; the highest failure is told
+
+
+def parse_dates(
+    values: pd.Series[Any], formats: list[str], timezone: str
+) -> tuple[pd.Series[Any], pd.Series[Any]]:
+    """Parse with each format in turn: millisecond UTC timestamps (NaT where none fits) and,
+    per value, why it did not parse ("" where it did, and for empty values)."""
+    result = pd.Series(pd.NaT, index=values.index, dtype=_DATE_DTYPE)
+    outcome = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
     for fmt in formats:
         todo = result.isna() & (values != "")
         if not todo.any():
             break
-        parsed = _parse_one(values[todo], fmt, timezone)
-        result.loc[parsed.index] = parsed.where(parsed.notna(), result[parsed.index])
-    return result
+        parsed, codes = _parse_one(values[todo], fmt, timezone)
+        result.loc[parsed.index] = parsed
+        outcome.loc[codes.index] = outcome[codes.index].where(outcome[codes.index] >= codes, codes)
+    outcome[result.notna() | (values == "")] = _OK
+    shown = " or ".join(f"'{f}'" for f in formats)
+    reasons = {
+        _OK: "",
+        _NO_MATCH: f"does not match date_format {shown}",
+        _GAP: f"does not exist in timezone {timezone} (a local time skipped when the clocks "
+        "go forward)",
+        _RANGE: f"is outside the dates the API takes ({DATE_RANGE})",
+    }
+    return result, outcome.map(reasons).astype("str")
 
 
-def _parse_one(values: Any, fmt: str, timezone: str) -> Any:
+def _parse_one(values: Any, fmt: str, timezone: str) -> tuple[Any, Any]:
+    """One format: the parsed instants (NaT where not) and each value's outcome code."""
     if fmt in ("epoch", "epoch_ms"):
-        numbers: Any = pd.to_numeric(values, errors="coerce")
-        unit = "s" if fmt == "epoch" else "ms"
-        limit = 253402300799 * (1 if unit == "s" else 1000)  # 9999-12-31
-        numbers = numbers.where((numbers >= 0) & (numbers <= limit))
-        return pd.to_datetime(numbers, unit=unit, utc=True, errors="coerce").astype(  # type: ignore[call-overload]
-            "datetime64[us, UTC]"
-        )
+        return _parse_epoch(values, 1000 if fmt == "epoch" else 1)
+    naive, aware = _parse_text(values, fmt)
+    local = _localize(naive, timezone)
+    instant = aware.where(aware.notna(), local)
+    codes = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
+    codes[naive.notna() & local.isna()] = _GAP
+    in_range = (instant >= _DATE_MIN) & (instant <= _DATE_MAX)
+    codes[instant.notna() & ~in_range] = _RANGE
+    codes[in_range] = _OK
+    return instant.where(in_range), codes
+
+
+def _parse_epoch(values: Any, ms_per_unit: int) -> tuple[Any, Any]:
+    number = values.str.fullmatch(r"\+?-?[0-9]{1,30}(?:\.[0-9]*)?")
+    ms = pd.to_numeric(values.where(number), errors="coerce") * ms_per_unit
+    in_range = number & (ms >= 0) & (ms <= _DATE_MAX_MS)
+    whole = ms.where(in_range, 0).round().astype("int64").to_numpy()
+    instant = pd.Series(whole.astype("datetime64[ms]"), index=values.index)
+    instant = instant.dt.tz_localize("UTC").where(in_range)
+    codes = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
+    codes[number & ~in_range] = _RANGE
+    codes[in_range] = _OK
+    return instant, codes
+
+
+def _parse_text(values: Any, fmt: str) -> tuple[Any, Any]:
+    """(naive, aware): values without an offset as local wall times, values with one in UTC.
+
+    pandas parses in bulk; where it cannot (nanosecond range, mixed offsets), Python's
+    datetime parses value by value, so a far date is a date, not a crash.
+    """
+    try:
+        naive, aware, nanosecond = _parse_text_pandas(values, fmt)
+    except (ValueError, OverflowError):  # OutOfBoundsDatetime is a ValueError
+        return _parse_text_python(values, fmt)
+    missed = naive.isna() & aware.isna()
+    if nanosecond and missed.any():  # pandas may have dropped a far date as out of range
+        slow_naive, slow_aware = _parse_text_python(values[missed], fmt)
+        naive.loc[missed] = slow_naive
+        aware.loc[missed] = slow_aware
+    return naive, aware
+
+
+def _parse_text_pandas(values: Any, fmt: str) -> tuple[Any, Any, bool]:
     if fmt == "iso8601":
-        aware = values.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True)
-        out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
-        if aware.any():
-            out[aware] = pd.to_datetime(
-                values[aware], format="ISO8601", utc=True, errors="coerce"
-            ).astype("datetime64[us, UTC]")
-        if (~aware).any():
-            naive = pd.to_datetime(values[~aware], format="ISO8601", errors="coerce")
-            out[~aware] = _localize(naive, timezone)
-        return out
-    parsed = pd.to_datetime(values, format=fmt, errors="coerce")
-    if getattr(parsed.dt, "tz", None) is not None:
-        return parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-    return _localize(parsed, timezone)
+        has_offset = values.str.contains(_ISO_OFFSET, regex=True)
+        aware = pd.to_datetime(
+            values.where(has_offset), format="ISO8601", utc=True, errors="coerce"
+        )
+        naive = pd.to_datetime(values.where(~has_offset), format="ISO8601", errors="coerce")
+    else:
+        parsed = pd.to_datetime(values, format=fmt, errors="coerce", utc="%z" in fmt)
+        if getattr(parsed.dt, "tz", None) is not None:
+            aware, naive = parsed, pd.Series(pd.NaT, index=values.index, dtype="datetime64[ms]")
+        else:
+            naive, aware = parsed, pd.Series(pd.NaT, index=values.index, dtype=_DATE_DTYPE)
+    nanosecond = "ns" in (naive.dt.unit, aware.dt.unit)
+    return (
+        naive.astype("datetime64[ms]"),
+        aware.dt.tz_convert("UTC").astype(_DATE_DTYPE),
+        nanosecond,
+    )
+
+
+def _parse_text_python(values: Any, fmt: str) -> tuple[Any, Any]:
+    naive: dict[Any, datetime] = {}
+    aware: dict[Any, datetime] = {}
+    for key, text in values.items():
+        try:
+            when = (
+                datetime.fromisoformat(text) if fmt == "iso8601" else datetime.strptime(text, fmt)
+            )
+        except (ValueError, OverflowError, TypeError):
+            continue
+        if when.tzinfo is None:
+            naive[key] = when
+            continue
+        try:
+            aware[key] = when.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # an offset past year 1 or 9999
+            continue
+    return _series(naive, values.index), _series(aware, values.index).dt.tz_localize("UTC")
+
+
+def _series(found: dict[Any, datetime], index: pd.Index[Any]) -> pd.Series[Any]:
+    out = pd.Series(pd.NaT, index=index, dtype="datetime64[ms]")
+    if found:
+        out.loc[list(found)] = pd.Series(list(found.values()), dtype="datetime64[ms]").to_numpy()
+    return out
 
 
 def _localize(naive: Any, timezone: str) -> Any:
-    if getattr(naive.dt, "tz", None) is not None:
-        return naive.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
-    local = naive.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT")
-    return local.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    """Local wall times to UTC. A time skipped by a DST change is NaT; a repeated one (the
+    autumn hour that happens twice) is its first occurrence, the earlier instant."""
+    if not naive.notna().any():
+        return pd.Series(pd.NaT, index=naive.index, dtype=_DATE_DTYPE)
+    n = len(naive)
+    first = naive.dt.tz_localize(timezone, ambiguous=np.ones(n, bool), nonexistent="NaT")
+    second = naive.dt.tz_localize(timezone, ambiguous=np.zeros(n, bool), nonexistent="NaT")
+    local = first.where(~(second < first), second)
+    return local.dt.tz_convert("UTC").astype(_DATE_DTYPE)

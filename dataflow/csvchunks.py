@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,12 +76,14 @@ class CsvChunks:
         except BaseException:
             self._fh.close()
             raise
-        seen: set[str] = set()
-        for name in self.columns:
+        seen: dict[str, int] = {}
+        for position, name in enumerate(self.columns, 1):
             if name in seen:
                 self.close()
-                raise FileRejected(f"the header names column {name!r} twice")
-            seen.add(name)
+                raise FileRejected(
+                    f"the header names column {name!r} twice (columns {seen[name]} and {position})"
+                )
+            seen[name] = position
 
     def close(self) -> None:
         self._fh.close()
@@ -88,27 +91,35 @@ class CsvChunks:
     def check_decodable(self) -> None:
         """Decode the whole file once, streaming, so that a bad byte deep in it is a
         file-level failure before any row is sent (not after half the file went out)."""
+        encoding = self._fh.encoding
         with self.path.open("rb") as raw:
-            decoder = codecs.getincrementaldecoder(self._fh.encoding)(errors="strict")
-            line, offset = 1, 0
+            offset = 0  # of `block` in the file
+            if encoding == "utf-8-sig":  # skip the BOM here: offsets then stay the file's
+                encoding = "utf-8"
+                offset = len(codecs.BOM_UTF8) if raw.read(3) == codecs.BOM_UTF8 else 0
+                raw.seek(offset)
+            decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+            lines = _LineCounter()
             while block := raw.read(1 << 20):
+                held = decoder.getstate()[0]  # bytes of a character split across reads
                 try:
-                    text = decoder.decode(block)
+                    lines.add(decoder.decode(block))
                 except UnicodeDecodeError as exc:
-                    line += block[: exc.start].count(b"\n")
+                    data = held + block
+                    lines.add(data[: exc.start].decode(encoding, errors="replace"))
+                    where = offset - len(held) + exc.start
                     raise FileRejected(
-                        f"the file is not valid {self.encoding} (byte 0x{block[exc.start]:02x} "
-                        f"at offset {offset + exc.start}, on line {line}); set `encoding:` "
+                        f"the file is not valid {self.encoding} (byte 0x{data[exc.start]:02x} "
+                        f"at offset {where}, on line {lines.current}); set `encoding:` "
                         "on the field_mapping block"
                     ) from exc
-                line += text.count("\n")
                 offset += len(block)
             try:
                 decoder.decode(b"", final=True)
             except UnicodeDecodeError as exc:
                 raise FileRejected(
-                    f"the file is not valid {self.encoding}: it ends inside a character; "
-                    "set `encoding:` on the field_mapping block"
+                    f"the file is not valid {self.encoding}: it ends inside a character, on "
+                    f"line {lines.current}; set `encoding:` on the field_mapping block"
                 ) from exc
 
     # -- raw text ---------------------------------------------------------------------------
@@ -117,19 +128,24 @@ class CsvChunks:
         try:
             return self._fh.read(size)
         except UnicodeDecodeError as exc:
+            self.check_decodable()  # raises, naming the exact line of the bad byte
             raise FileRejected(
-                f"the file is not valid {exc.encoding} (byte 0x{exc.object[exc.start]:02x} "
+                f"the file is not valid {self.encoding} (byte 0x{exc.object[exc.start]:02x} "
                 f"after line {self.next_line}); set `encoding:` on the field_mapping block"
             ) from exc
 
     def _readline(self) -> str:
-        """One more line (for a record that crosses the block), '' at end of file."""
-        while "\n" not in self._pending and not self._eof:
+        """One more line (for a record that crosses the block), '' at end of file.
+
+        A line ends at LF, CRLF or a lone CR, as for Python's csv module."""
+        while not self._eof:
+            if _line_end(self._pending) is not None:
+                break
             more = self._read(1 << 16)
             if not more:
                 self._eof = True
             self._pending += more
-        cut = self._pending.find("\n") + 1 or len(self._pending)
+        cut = _line_end(self._pending) or len(self._pending)
         line, self._pending = self._pending[:cut], self._pending[cut:]
         return line
 
@@ -141,7 +157,8 @@ class CsvChunks:
             if not more:
                 self._eof = True
             text += more
-        cut = len(text) if self._eof else text.rfind("\n") + 1
+        # cut after the last line end; a final CR may be the first half of a CRLF
+        cut = len(text) if self._eof else max(text.rfind("\n"), text.rfind("\r", 0, -1)) + 1
         if cut == 0 and not self._eof:  # a single line longer than a block
             self._pending = text
             return self._readline()
@@ -209,6 +226,8 @@ class CsvChunks:
             return None
         if any(number is None or "\n" in t or "\r" in t for number, t in invalid):
             return None
+        if any(t.count('"') % 2 for _, t in invalid):
+            return None  # an open quote may go on past this line, even past the block
         if '"' in text and _any_newline(table):
             return None
         nlines = _count_lines(text)
@@ -223,11 +242,11 @@ class CsvChunks:
         ]
         frame = table.rename_columns(self.columns).to_pandas()
         frame.index = pd.Index(lines, dtype="int64")
-        return _drop_blank(Block(frame, malformed))
+        return _drop_blank(Block(frame, malformed), self.delimiter)
 
     def _slow(self, text: str, first: int) -> Block:
         ncols = len(self.columns)
-        pending = deque(text.splitlines(keepends=True))
+        pending = deque(_split_lines(text))
         rows: list[list[str]] = []
         linenos: list[int] = []
         malformed: list[tuple[int, str, str]] = []
@@ -282,7 +301,43 @@ class CsvChunks:
             },
             index=pd.Index(linenos, dtype="int64"),
         )
-        return _drop_blank(Block(frame, malformed, blank))
+        return _drop_blank(Block(frame, malformed, blank), self.delimiter)
+
+
+_BREAK = re.compile(r"\r\n|\r|\n")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines with their ends (LF, CRLF, lone CR), and only those: str.splitlines would
+    also break at form feeds, U+0085, U+2028 and others that are data in a CSV value."""
+    return _LINE.findall(text)
+
+
+def _line_end(text: str) -> int | None:
+    """Where the first line of `text` ends (after its terminator), None if it does not yet.
+    A CR at the very end may be followed by LF: the line is complete only once known."""
+    found = _BREAK.search(text)
+    if found is None or (found.group() == "\r" and found.end() == len(text)):
+        return None
+    return found.end()
+
+
+class _LineCounter:
+    """The line number reached by text fed in pieces (LF, CRLF and a lone CR end a line)."""
+
+    def __init__(self) -> None:
+        self.current = 1
+        self._cr = False  # the last piece ended with CR
+
+    def add(self, text: str) -> None:
+        if not text:
+            return
+        breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+        if self._cr and text[0] == "\n":
+            breaks -= 1
+        self.current += breaks
+        self._cr = text.endswith("\r")
 
 
 def _count_lines(text: str) -> int:
@@ -308,7 +363,17 @@ def _count_reason(text: str, ncols: int, delimiter: str) -> str:
     return f"expected {ncols} fields, found {found}"
 
 
-def _drop_blank(block: Block) -> Block:
+def _blank_line(raw: str, delimiter: str) -> bool:
+    if not raw.strip(" \t\r\n" + delimiter):
+        return True
+    try:
+        fields = next(csv.reader([raw], delimiter=delimiter, strict=True))
+    except (csv.Error, StopIteration):
+        return False
+    return not "".join(fields).strip()
+
+
+def _drop_blank(block: Block, delimiter: str) -> Block:
     """Lines with nothing but delimiters and spaces are counted as blank, not as rows."""
     frame = block.rows
     if len(frame) and len(frame.columns):
@@ -323,9 +388,9 @@ def _drop_blank(block: Block) -> Block:
             block.rows = frame[~empty]
     still = []
     for line_no, raw, reason in block.malformed:
-        if raw.strip(" \t\r" + "\n"):
-            still.append((line_no, raw, reason))
-        else:
+        if _blank_line(raw, delimiter):  # ", ," is blank, whatever its field count
             block.blank += 1
+        else:
+            still.append((line_no, raw, reason))
     block.malformed = still
     return block

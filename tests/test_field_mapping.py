@@ -70,8 +70,8 @@ def test_date_formats_timezones_and_lists() -> None:
     assert rejected == {
         4: "earnEventDate: '16.11.2026' does not match date_format '%d/%m/%Y %H:%M' or "
         "'%Y-%m-%d' or '%Y-%m-%d %H:%M' or 'iso8601'",
-        6: "earnEventDate: '2026-03-29 02:30' does not match date_format '%d/%m/%Y %H:%M' or "
-        "'%Y-%m-%d' or '%Y-%m-%d %H:%M' or 'iso8601'",  # does not exist in Berlin (DST)
+        6: "earnEventDate: '2026-03-29 02:30' does not exist in timezone Europe/Berlin "
+        "(a local time skipped when the clocks go forward)",
     }
 
 
