@@ -23,6 +23,25 @@ that text (the form Connect+ stores), or ``${file:PATH}``. Host keys are checked
 `known_hosts` (``[host]:port`` entries for ports other than 22, as ``ssh-keyscan -p`` writes);
 there is no option to skip the check. Uploads and moves never overwrite: a taken name gets a
 ``.<YYYYMMDDHHMMSS>`` suffix, and uploads are written under a hidden temporary name first.
+
+`neutralize_formulas` (default true): in the error file written back here, a value that would
+open as a spreadsheet formula (first character ``=``, ``+``, ``-``, ``@``, tab or CR, and not
+a plain number) gets a leading ``'``; false writes the source's values raw.
+
+Faults, in this block's own words (no library message or traceback reaches the user):
+
+- a dropped connection or a server that stops answering (`timeout_seconds` to connect, four
+  times that per operation) is retried on a new connection (twice); a download restarts from
+  the beginning, an upload rewrites its temporary name. If that fails too the run stops and
+  every file stays in `source_directory`; a temporary upload left by a lost connection is
+  hidden (``.dataflow-...``), never listed, and replaced when the file is resumed.
+- before the first file is taken (not in a dry run), a probe file is written and removed in
+  `processed_directory` and `error_directory`: a directory the user cannot write stops the
+  run there, before anything is sent, naming the directory.
+- a file the server will not let us read (permissions) is skipped with a warning: it stays
+  where it is, is reported as a failure, and the next files go on.
+- a full local disk while downloading stops the run (the file is kept); a full server disk
+  while uploading the error file stops it too, with nothing half-written left there.
 """
 
 from __future__ import annotations
@@ -37,21 +56,58 @@ import posixpath
 import re
 import socket
 import stat
+import threading
 import time
+import uuid
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, TypeVar
 
 import paramiko
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from dataflow.block import BlockConfig, RemoteFile, Source
-from dataflow.errors import AuthError, FatalError, FileRejected
+from dataflow.errorfile import local_write_error
+from dataflow.errors import AuthError, FatalError, FileRejected, FileSkipped
 from dataflow.faults import crash_point
 
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".dataflow-"
+RECONNECTS = 2  # new connections tried after a dropped one, per operation
+CHUNK = 32768
+T = TypeVar("T")
+
+# paramiko's transport thread logs what it sees (a reset connection, with a traceback) at
+# ERROR; this block reports every fault in its own words, so paramiko's records are debug detail.
+PARAMIKO_LOG = f"{__name__}.paramiko"
+
+
+class _ParamikoToDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+for _name in (PARAMIKO_LOG, f"{PARAMIKO_LOG}.sftp"):
+    logging.getLogger(_name).addFilter(_ParamikoToDebug())
+    logging.getLogger(_name).setLevel(logging.INFO)  # not paramiko's packet-level debug
+
+_thread_hook = threading.excepthook
+
+
+def _prefetch_died(args: threading.ExceptHookArgs) -> None:
+    """paramiko's download read-ahead thread dies with the connection, and Python would print
+    its traceback; the download itself reports the loss (and reconnects)."""
+    name = args.thread.name if args.thread is not None else ""
+    if name.endswith("(_prefetch_thread)") and args.exc_value is not None:
+        log.debug("paramiko read-ahead thread ended: %r", args.exc_value)
+        return
+    _thread_hook(args)
+
+
+threading.excepthook = _prefetch_died
 
 
 class SftpReadConfig(BlockConfig):
@@ -72,6 +128,7 @@ class SftpReadConfig(BlockConfig):
     ok_file: bool = False
     min_file_age_seconds: int = Field(default=0, ge=0)
     timeout_seconds: float = Field(default=30, gt=0)
+    neutralize_formulas: bool = True
 
     @field_validator("filename_pattern")
     @classmethod
@@ -120,6 +177,14 @@ def load_private_key(text: str, passphrase: SecretStr | None) -> paramiko.PKey:
     raise ValueError("private_key is not a readable RSA, ECDSA or Ed25519 private key")
 
 
+class _LocalWriteFailed(Exception):
+    """Writing the download to local disk failed: our problem, not the server's."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _HashingWriter:
     """A file-like sink that hashes what passes through it."""
 
@@ -129,9 +194,37 @@ class _HashingWriter:
 
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
-        written = self.target.write(data)
+        try:
+            written = self.target.write(data)
+        except OSError as exc:
+            raise _LocalWriteFailed(exc) from exc
         crash_point("downloading")
         return written
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """A dropped connection or a server that stopped answering: worth a new connection."""
+    if isinstance(exc, (EOFError, TimeoutError, ConnectionError, paramiko.SSHException)):
+        return True
+    return isinstance(exc, OSError) and str(exc) == "Socket is closed"
+
+
+def describe(exc: BaseException, timeout: float) -> str:
+    """What went wrong, in our words (paramiko's messages and types stay out of sight)."""
+    if isinstance(exc, TimeoutError):
+        return f"the server did not answer within {timeout:g}s"
+    if connection_lost(exc):
+        return "the connection to the server was lost"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file or directory"
+    text = str(exc)
+    if text.startswith("size mismatch"):
+        return "the server stored only part of it (its disk is probably full, or a quota reached)"
+    if text == "Failure":  # SSH_FX_FAILURE: the server gives no reason
+        return "the server refused without saying why (often a full disk or a quota)"
+    return getattr(exc, "strerror", None) or text or type(exc).__name__
 
 
 class SftpRead(Source):
@@ -163,6 +256,7 @@ class SftpRead(Source):
             ) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
+        transport.set_log_channel(PARAMIKO_LOG)
         self._transport = transport
         options = transport.get_security_options()
         # ask for a host key type we can verify
@@ -173,9 +267,15 @@ class SftpRead(Source):
             self._verify_host_key(transport.get_remote_server_key(), known)
             self._authenticate(transport)
             self._sftp = paramiko.SFTPClient.from_transport(transport)
-        except paramiko.SSHException as exc:
+        except (paramiko.SSHException, EOFError, OSError) as exc:
             self.close()
-            raise FatalError(f"SFTP session with {self.where} failed: {exc}") from exc
+            reason = describe(exc, c.timeout_seconds)
+            if isinstance(exc, paramiko.SSHException):  # "Error reading SSH protocol banner"...
+                reason = f"the SSH handshake did not complete within {c.timeout_seconds:g}s"
+            raise FatalError(
+                f"SFTP session with {self.where} failed: {reason}; check that the server is up "
+                "and serves SFTP on that port"
+            ) from exc
         except Exception:
             self.close()
             raise
@@ -238,12 +338,14 @@ class SftpRead(Source):
             ) from exc
 
     def close(self) -> None:
-        if self._sftp is not None:
-            self._sftp.close()
-            self._sftp = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        sftp, transport = self._sftp, self._transport
+        self._sftp = self._transport = None
+        if sftp is not None:
+            with contextlib.suppress(Exception):  # the connection may already be gone
+                sftp.close()
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -251,9 +353,46 @@ class SftpRead(Source):
             raise FatalError("SFTP block used before open()")
         return self._sftp
 
-    def _io(self, action: str, path: str, exc: Exception) -> FatalError:
-        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        return FatalError(f"SFTP {action} {path} on {self.where} failed: {reason}")
+    def _io(self, action: str, path: str, exc: BaseException) -> FatalError:
+        reason = describe(exc, self.config.timeout_seconds * 4)
+        hint = ""
+        if isinstance(exc, PermissionError):
+            hint = f"; the SFTP user {self.config.username} needs access to {path}"
+        return FatalError(f"SFTP {action} {path} on {self.where} failed: {reason}{hint}")
+
+    def _retrying(self, action: str, path: str, operation: Callable[[], T]) -> T:
+        """Run `operation`; on a dropped connection, reconnect and run it again."""
+        for attempt in range(RECONNECTS + 1):
+            try:
+                return operation()
+            except (_LocalWriteFailed, FatalError, FileSkipped):
+                raise
+            except Exception as exc:
+                if not connection_lost(exc) or attempt == RECONNECTS:
+                    raise self._io(action, path, exc) from exc
+                self._reconnect(action, path, exc, attempt + 1)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reconnect(self, action: str, path: str, exc: BaseException, attempt: int) -> None:
+        reason = describe(exc, self.config.timeout_seconds * 4)
+        log.warning(
+            "SFTP %s %s on %s: %s; reconnecting (%d of %d)",
+            action,
+            path,
+            self.where,
+            reason,
+            attempt,
+            RECONNECTS,
+        )
+        self.close()
+        time.sleep(attempt)
+        try:
+            self.open()
+        except FatalError as again:
+            raise FatalError(
+                f"SFTP {action} {path} on {self.where} failed: {reason}, and reconnecting "
+                f"failed: {again}"
+            ) from exc
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -287,14 +426,40 @@ class SftpRead(Source):
                     continue
             found.append(RemoteFile(path, name, int(attr.st_size or 0), mtime, ok_path))
         found.sort(key=lambda f: (f.mtime, f.path))
+        if found and not self.context.dry_run:
+            for key in ("processed_directory", "error_directory"):
+                self._check_writable(key)
         return found
+
+    def _check_writable(self, key: str) -> None:
+        """Write and remove a probe file, so that a directory refusing writes stops the run
+        before anything is sent rather than after."""
+        c = self.config
+        directory = str(getattr(c, key))
+        probe = posixpath.join(directory, f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.tmp")
+
+        def write_probe() -> None:
+            self._ensure_dir(directory)
+            with self.sftp.open(probe, "wb"):
+                pass
+            self.sftp.remove(probe)
+
+        try:
+            self._retrying("write test in", directory, write_probe)
+        except FatalError as exc:
+            self._remove_quietly(probe)
+            if exc.__cause__ is None or connection_lost(exc.__cause__):
+                raise
+            raise FatalError(
+                f"the SFTP user {c.username} cannot write to {key} {directory} on {self.where} "
+                f"({describe(exc.__cause__, c.timeout_seconds)}): make it writable by "
+                f"{c.username}, or set {key} to a directory that is; nothing was sent and every "
+                f"file stays in {c.source_directory}"
+            ) from exc
 
     def _walk(self, directory: str, out: list[tuple[str, paramiko.SFTPAttributes]]) -> None:
         c = self.config
-        try:
-            attrs = self.sftp.listdir_attr(directory)
-        except OSError as exc:
-            raise self._io("listing", directory, exc) from exc
+        attrs = self._retrying("listing", directory, lambda: self.sftp.listdir_attr(directory))
         skip = {c.processed_directory, c.error_directory}
         for attr in attrs:
             path = posixpath.join(directory, attr.filename)
@@ -308,14 +473,37 @@ class SftpRead(Source):
     # -- transfer ---------------------------------------------------------------------------
 
     def download(self, file: RemoteFile, dest: Path) -> str:
-        with dest.open("wb") as fh:
-            writer = _HashingWriter(fh)
-            try:
-                size = self.sftp.getfo(file.path, writer)  # type: ignore[arg-type]
-            except (OSError, paramiko.SSHException) as exc:
-                raise self._io("download of", file.path, exc) from exc
+        """Stream to `dest` (from the start again after a reconnect); return the SHA-256."""
+        try:
+            writer, size = self._retrying(
+                "download of", file.path, lambda: self._download_once(file, dest)
+            )
+        except _LocalWriteFailed as exc:
+            raise local_write_error(dest, exc.error, f"the download of {file.path}") from exc
         log.info("downloaded %s (%d bytes)", file.path, size)
         return writer.sha256.hexdigest()
+
+    def _download_once(self, file: RemoteFile, dest: Path) -> tuple[_HashingWriter, int]:
+        try:
+            remote = self.sftp.open(file.path, "rb")
+        except PermissionError as exc:
+            raise FileSkipped(
+                f"cannot read {file.path} on {self.where}: permission denied; it was left where "
+                f"it is: ask the vendor to make it readable by {self.config.username}"
+            ) from exc
+        try:
+            fh = dest.open("wb")
+        except OSError as exc:
+            remote.close()
+            raise _LocalWriteFailed(exc) from exc
+        with remote, fh:
+            writer = _HashingWriter(fh)
+            remote.prefetch(remote.stat().st_size)
+            size = 0
+            while data := remote.read(CHUNK):
+                writer.write(data)
+                size += len(data)
+        return writer, size
 
     def prepare(self, path: Path, workdir: Path) -> Path:
         """Unzip when `unzip_files` is on and the file is a zip holding one file."""
@@ -349,12 +537,16 @@ class SftpRead(Source):
         if resumed and self._exists(final):
             return final
         temp = posixpath.join(directory, f"{TEMP_PREFIX}{key}.tmp")
-        try:
+
+        def put() -> None:
             with local.open("rb") as fh:
-                self.sftp.putfo(fh, temp, confirm=True)
-        except (OSError, paramiko.SSHException) as exc:
+                self.sftp.putfo(fh, temp, confirm=True)  # rewrites the temp from the start
+
+        try:
+            self._retrying("upload of the error file to", temp, put)
+        except FatalError:
             self._remove_quietly(temp)
-            raise self._io("upload of", temp, exc) from exc
+            raise
         crash_point("error_temp")
         return self._rename_unique(temp, final)
 
@@ -369,7 +561,7 @@ class SftpRead(Source):
                 log.warning("could not move %s: %s", file.ok_path, exc)
         return final
 
-    def _rename_unique(self, src: str, dst: str) -> str:
+    def _rename_unique(self, src: str, dst: str, reconnects: int = RECONNECTS) -> str:
         """Rename without ever overwriting: a taken name gets a timestamp suffix."""
         candidates = [dst, f"{dst}.{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"]
         candidates += [f"{candidates[1]}-{i}" for i in range(1, 50)]
@@ -379,20 +571,30 @@ class SftpRead(Source):
             try:
                 self.sftp.rename(src, candidate)  # SFTPv3 rename refuses to overwrite
                 return candidate
-            except OSError as exc:
+            except Exception as exc:
+                if connection_lost(exc) and reconnects > 0:
+                    self._reconnect(f"rename to {candidate} of", src, exc, 1)
+                    if not self._exists(src) and self._exists(candidate):
+                        return candidate  # the rename was applied; its answer was lost
+                    return self._rename_unique(src, dst, reconnects - 1)
+                if connection_lost(exc):
+                    raise self._io(f"rename to {candidate} of", src, exc) from exc
+                if not isinstance(exc, OSError):
+                    raise
                 if self._exists(candidate):
                     continue  # lost a race for the name
                 raise self._io(f"rename to {candidate} of", src, exc) from exc
         raise FatalError(f"no free name for {dst} on {self.where}")
 
     def _exists(self, path: str) -> bool:
-        try:
-            self.sftp.stat(path)
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise self._io("stat of", path, exc) from exc
-        return True
+        def stat() -> bool:
+            try:
+                self.sftp.stat(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return self._retrying("stat of", path, stat)
 
     def _ensure_dir(self, directory: str) -> None:
         if self._exists(directory):
@@ -402,10 +604,16 @@ class SftpRead(Source):
             self._ensure_dir(parent)
         try:
             self.sftp.mkdir(directory)
-        except OSError as exc:
+        except Exception as exc:
+            if not isinstance(exc, OSError) and not connection_lost(exc):
+                raise
             if not self._exists(directory):
                 raise self._io("mkdir", directory, exc) from exc
 
     def _remove_quietly(self, path: str) -> None:
-        with contextlib.suppress(OSError, paramiko.SSHException):
+        with contextlib.suppress(Exception):  # the connection may be gone; the name is hidden
             self.sftp.remove(path)
+
+    @property
+    def neutralize_formulas(self) -> bool:
+        return self.config.neutralize_formulas

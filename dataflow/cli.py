@@ -9,31 +9,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dataflow import __version__
-from dataflow.errors import ConfigError
-from dataflow.redact import RedactingFilter, redact
+from dataflow import __version__, console, logs
+from dataflow.errors import ConfigError, StateError
+from dataflow.logs import LogFormat
+from dataflow.redact import redact
 from dataflow.report import EXIT_CODES, RunReport
 
 log = logging.getLogger("dataflow")
 
 EXIT_CONFIG = 2
+SUMMARY_KEYS = ("stage", "code", "message", "count")
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
+def _setup_logging(verbose: bool, log_format: LogFormat = "text") -> None:
+    handler = logs.handler(log_format)  # context, RedactingFilter, text or JSON lines
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("paramiko", "httpx", "httpcore", "gnupg", "apscheduler.executors"):
+    for noisy in ("httpx", "httpcore", "gnupg", "apscheduler.executors"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # paramiko logs a dropped connection with a traceback; sftp_read says it in its own words
+    logging.getLogger("paramiko").setLevel(logging.WARNING if verbose else logging.CRITICAL + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dataflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dataflow {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    log_format = {"choices": logs.FORMATS, "help": "log lines as text (default) or JSON objects"}
+    parser.add_argument("--log-format", default="text", **log_format)  # type: ignore[arg-type]
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check dataflow files without connecting")
@@ -48,15 +52,33 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("schedule", help="run enabled dataflows on their triggers")
     p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument(
+        "--http", type=console.parse_address, metavar="HOST:PORT", help="serve page and metrics"
+    )
+
+    p = sub.add_parser("ui", help="serve the run-history page and metrics, without scheduling")
+    p.add_argument("paths", nargs="*", type=Path, help="dataflow files (for their next runs)")
+    p.add_argument("--http", type=console.parse_address, metavar="HOST:PORT", required=True)
 
     p = sub.add_parser("runs", help="run history with per-file counts")
     p.add_argument("name", nargs="?")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--since", type=console.date_bound, help="runs started on/after (ISO date)")
+    p.add_argument(
+        "--until",
+        type=lambda text: console.date_bound(text, end=True),
+        help="runs started before the end of (ISO date)",
+    )
+    p.add_argument("--errors", action="store_true", help="show each file's error summary")
+    p.add_argument("--table", action="store_true", help="a table also when not on a terminal")
+    for each in sub.choices.values():  # also accepted after the command
+        each.add_argument("--log-format", default=argparse.SUPPRESS, **log_format)  # type: ignore[arg-type]
 
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     handler = {"validate": _validate, "run": _run, "schedule": _schedule, "runs": _runs}
+    handler["ui"] = _ui
     return int(handler[args.command](args))
 
 
@@ -92,7 +114,9 @@ def _run(args: argparse.Namespace) -> int:
     from dataflow.shutdown import install_handlers
 
     install_handlers()
-    report = run(dataflow, dry_run=args.dry_run)
+    bar = console.stderr_is_terminal() and args.log_format == "text"
+    with console.progress(bar):  # rich progress on a terminal, only log lines elsewhere
+        report = run(dataflow, dry_run=args.dry_run)
     _print_summary(report)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -124,20 +148,45 @@ def _print_summary(report: RunReport) -> None:
 def _schedule(args: argparse.Namespace) -> int:
     from dataflow.scheduler import serve
 
-    return serve(args.paths)
+    return serve(args.paths, http=args.http)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from dataflow import web
+    from dataflow.errors import FatalError
+    from dataflow.ledger import state_dir
+
+    try:
+        site = web.Site(state_dir(), web.triggers_of(args.paths))
+        return web.serve_ui(args.http, site)
+    except FatalError as exc:
+        print(f"dataflow ui: {exc}", file=sys.stderr)
+        return 1
 
 
 def _runs(args: argparse.Namespace) -> int:
     from dataflow.ledger import Ledger
 
-    ledger = Ledger()
     try:
-        history = ledger.history(args.name, args.limit)
-    finally:
-        ledger.close()
+        ledger = Ledger()
+        try:
+            history = ledger.history(args.name, args.limit, args.since, args.until)
+            errors = _error_summaries(ledger, history) if args.errors else {}
+        finally:
+            ledger.close()
+    except StateError as exc:
+        print(f"dataflow runs: {exc}", file=sys.stderr)
+        return 1
     if args.json:
+        for run in history if args.errors else []:
+            for f in run["files"]:
+                rows = errors.get((run["run_id"], f["lineage_id"]), [])
+                f["errors"] = [dict(zip(SUMMARY_KEYS, r, strict=True)) for r in rows]
         print(json.dumps(history, indent=2))
         return 0
+    if args.table or sys.stdout.isatty():
+        console.runs_table(history, errors)
+        history = []
     for run in history:
         print(
             f"{run['started_at']}  {run['dataflow']}  {run['status'] or 'running'}"
@@ -147,9 +196,17 @@ def _runs(args: argparse.Namespace) -> int:
             print(f"    {run['reason']}")
         for f in run["files"]:
             print("    " + _file_line(f))
+            for stage, code, message, count in errors.get((run["run_id"], f["lineage_id"]), []):
+                print(f"        {count} x {stage} {code}: {message}")
     if not history:
         print("no runs recorded", file=sys.stderr)
     return 0
+
+
+def _error_summaries(ledger: Any, history: list[dict[str, Any]]) -> dict[Any, list[Any]]:
+    from dataflow.web import error_summaries
+
+    return error_summaries(ledger, [run["run_id"] for run in history])
 
 
 def _file_line(f: dict[str, Any]) -> str:

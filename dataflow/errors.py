@@ -4,9 +4,14 @@
     ├── ConfigError            the dataflow file is invalid: nothing runs (exit 2)
     ├── FatalError             stop the run, keep the current file for the next run (exit 1)
     │   ├── AuthError          the credentials were refused (SFTP, OAuth, Basic)
+    │   ├── StateError         the state directory cannot be used (read-only, full)
+    │   ├── ApiDown            the API kept failing (retries exhausted, no verdicts): alerts
+    │   │                      report it as `api_down`
     │   └── Stopped            SIGTERM/SIGINT: in-flight requests finished, the rest resumes
     ├── FileRejected           this file cannot be processed: it goes to error_directory with a
     │                          one-row error file, and the next file goes on
+    ├── FileSkipped            this file cannot be taken now (the server refuses to let us read
+    │                          it): it stays where it is, is reported, and the next file goes on
     └── TransientError         a network hiccup: retried by the block that raised it, surfaces as
                                FatalError when retries are exhausted
 
@@ -48,17 +53,39 @@ class ConfigError(DataflowError):
 class FatalError(DataflowError):
     """Stop the run now; the file being processed stays where it is for the next run."""
 
+    cause = "fatal"  # the run report's machine-readable `stop_cause`
+
 
 class AuthError(FatalError):
     """Credentials were refused by a server."""
+
+    cause = "auth"
 
 
 class Stopped(FatalError):
     """A stop was requested (SIGTERM/SIGINT); acknowledged rows are checkpointed."""
 
+    cause = "stopped"
+
+
+class ApiDown(FatalError):
+    """The destination API kept failing: requests exhausted their retries or got no verdict."""
+
+    cause = "api_down"
+
+
+class StateError(FatalError):
+    """The state directory (ledger, checkpoints, locks) cannot be read or written."""
+
+    cause = "state"
+
 
 class FileRejected(DataflowError):
     """This file cannot be processed (decrypt, parse, header); it goes to error_directory."""
+
+
+class FileSkipped(DataflowError):
+    """This file cannot be taken now (unreadable on the server); it stays where it is."""
 
 
 class TransientError(DataflowError):

@@ -1,4 +1,11 @@
-"""A run: one poll of a dataflow's source, every matching file processed in turn."""
+"""A run: one poll of a dataflow's source, every matching file processed in turn.
+
+A run never raises for a run-time problem: a FatalError (ours: credentials, a full disk, an
+unusable state directory, a lost server) stops it and keeps the current file; a file the
+source will not let us read (`FileSkipped`) is reported as a failure, left where it is, and
+the next files go on. An unexpected exception is reported in one line (its traceback goes to
+the debug log), never as a traceback.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dataflow.block import Block, FileStep, RunContext, Sink, Source, Transform
+from dataflow import logs, metrics
+from dataflow.alerts import alert_run
+from dataflow.block import Block, FileStep, RemoteFile, RunContext, Sink, Source, Transform
 from dataflow.config import Dataflow
-from dataflow.errors import FatalError
+from dataflow.errorfile import local_write_error
+from dataflow.errors import FatalError, FileSkipped, StateError
 from dataflow.ledger import Ledger
 from dataflow.pipeline import Chain, process_file
 from dataflow.redact import redact
@@ -30,11 +40,21 @@ def now_iso() -> str:
 
 def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = None) -> RunReport:
     """Process every matching file now. Never raises for a run-time problem: see the report."""
-    own_ledger = ledger is None
-    ledger = ledger or Ledger()
     report = RunReport(
         dataflow=dataflow.name, run_id=str(uuid.uuid4()), started_at=now_iso(), dry_run=dry_run
     )
+    with logs.context(dataflow=dataflow.name, run_id=report.run_id):  # on every log line
+        return _run_logged(dataflow, report, dry_run, ledger)
+
+
+def _run_logged(
+    dataflow: Dataflow, report: RunReport, dry_run: bool, ledger: Ledger | None
+) -> RunReport:
+    own_ledger = ledger is None
+    try:
+        ledger = ledger or Ledger()
+    except StateError as exc:
+        return _stopped_before_start(report, exc)
     try:
         with ledger.lock(dataflow.name) as held:
             if not held:
@@ -45,9 +65,23 @@ def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = No
                 report.settle()
                 return report
             _run_locked(dataflow, report, ledger, dry_run)
+        alert_run(dataflow, report, ledger)  # outside the lock: a slow receiver holds up no run
+    except StateError as exc:
+        if not report.finished_at:
+            return _stopped_before_start(report, exc)
     finally:
         if own_ledger:
-            ledger.close()
+            with contextlib.suppress(StateError):
+                ledger.close()
+    return report
+
+
+def _stopped_before_start(report: RunReport, exc: FatalError) -> RunReport:
+    report.reason = f"{redact(str(exc))}; nothing was done, every file stays where it is"
+    report.stop_cause = exc.cause
+    log.error("run not started: %s", report.reason)
+    report.finished_at = now_iso()
+    report.settle()
     return report
 
 
@@ -56,14 +90,27 @@ def _run_locked(dataflow: Dataflow, report: RunReport, ledger: Ledger, dry_run: 
     remove_stale_workdirs()
     for cls in {spec.cls for spec in dataflow.blocks}:
         cls.remove_leftovers()
-    workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))  # mode 700
     try:
-        asyncio.run(_run(dataflow, report, workdir, ledger, dry_run))
+        workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))  # mode 700
+    except OSError as exc:
+        report.reason = str(local_write_error(Path(tempfile.gettempdir()) / "x", exc, "a work dir"))
+        log.error("run not started: %s", report.reason)
+        workdir = None
+    try:
+        if workdir is not None:
+            asyncio.run(_run(dataflow, report, workdir, ledger, dry_run))
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
         report.finished_at = now_iso()
         report.settle()
-        ledger.finish_run(report)
+        metrics.flush(ledger)  # the API request counts of this run
+        try:
+            ledger.finish_run(report)
+        except StateError as exc:
+            log.error("the run's outcome could not be recorded: %s", exc)
+            report.reason = report.reason or redact(str(exc))
+            report.settle()
 
 
 WORKDIR_PREFIX = "dataflow-"
@@ -126,13 +173,20 @@ async def _run(
         for file in files:
             current = FileReport(name=file.name, lineage_id=str(uuid.uuid4()), size=file.size)
             try:
-                await process_file(chain, file, workdir, ledger, report, current)
+                await _process_one(chain, file, workdir, ledger, report, current)
+            except FileSkipped as exc:
+                current.status = "failure"
+                current.reason = f"skipped: {redact(str(exc))}"
+                log.warning("%s: %s; going on with the next file", file.name, current.reason)
+                report.files.append(current)
+                _record(ledger, report, current, dry_run)
+                continue
             except FatalError as exc:
                 current.status = "failure"
                 current.reason = f"{redact(str(exc))} (the file was left in place for the next run)"
                 report.files.append(current)
-                if not dry_run:
-                    ledger.record_file(report, current)
+                if not isinstance(exc, StateError):
+                    _record(ledger, report, current, dry_run)
                 raise
             report.files.append(current)  # the pipeline recorded it in the ledger
             log.info(
@@ -146,11 +200,44 @@ async def _run(
             )
     except FatalError as exc:
         report.reason = redact(str(exc))
+        report.stop_cause = exc.cause
         log.error("run stopped: %s", report.reason)
     finally:
         for block in reversed(opened):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(block.close)
+
+
+async def _process_one(
+    chain: Chain,
+    file: RemoteFile,
+    workdir: Path,
+    ledger: Ledger,
+    run: RunReport,
+    current: FileReport,
+) -> None:
+    """process_file, with local I/O failures and anything unexpected made FatalErrors."""
+    try:
+        await process_file(chain, file, workdir, ledger, run, current)
+    except (FatalError, FileSkipped):
+        raise
+    except OSError as exc:
+        where = Path(exc.filename) if isinstance(exc.filename, str) else workdir / "x"
+        raise local_write_error(where, exc, f"local data of {file.name}") from exc
+    except Exception as exc:
+        log.debug("unexpected error processing %s", file.name, exc_info=True)
+        raise FatalError(
+            f"unexpected error processing {file.name}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _record(ledger: Ledger, run: RunReport, current: FileReport, dry_run: bool) -> None:
+    if dry_run:
+        return
+    try:
+        ledger.record_file(run, current)
+    except StateError as exc:
+        log.error("%s: its outcome could not be recorded: %s", current.name, exc)
 
 
 def _one(blocks: list[Block], kind: type[Any]) -> Any:

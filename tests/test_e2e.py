@@ -249,3 +249,29 @@ def test_a_bad_byte_deep_in_the_file_fails_it_before_anything_is_sent(bed: Bed) 
     assert "on line 3002)" in f["reason"]
     assert bed.api.requests() == []  # nothing from the file was sent
     assert bed.sftp.files("errors")[0] == NAME
+
+
+def test_values_that_would_open_as_formulas_are_neutralised_in_the_error_file(bed: Bed) -> None:
+    data = (
+        "badge_id,customer_id,event_date,expires_at\n"
+        'BADGE-GOLD,"=HYPERLINK(""http://evil.example"",""x"")",16/11/2026 09:30,1798761600\n'
+        "BADGE-GOLD,-2+3,16/11/2026 09:30,1798761600\n"
+        "BADGE-GOLD,@SUM(A1:A9),16/11/2026 09:30,1798761600\n"
+        "BADGE-GOLD,-12.5,16/11/2026 09:30,1798761600\n"
+    )
+    expected = [
+        '\'=HYPERLINK("http://evil.example","x")',
+        "'-2+3",
+        "'@SUM(A1:A9)",
+        "-12.5",  # a plain number stays as it is
+    ]
+    for on in (True, False):
+        # the option off: values written raw (another content, or it is a duplicate)
+        content = data if on else data + "BADGE-GOLD,x,16/11/2026 09:30,1798761600\n"
+        put_sample(bed, f"badges_{on}.csv.gpg", content.encode())
+        code, report, stderr = bed.run_json(bed.config(source={"neutralize_formulas": on}))
+        assert code == 3, stderr
+        (f,) = report["files"]
+        rows = read_error_file(bed, f["error_file"].rsplit("/", 1)[1])
+        got = [r[1] for r in rows[1:]]
+        assert got == (expected if on else [v.lstrip("'") for v in expected] + ["x"])
