@@ -19,9 +19,9 @@ GOOD = """\
 version: 1
 name: acme-earned-badges
 template: earned_badges
-trigger:
-  cron: "0 6 * * MON"
-  timezone: Asia/Kolkata
+# The acme brand's weekly earned-badges file:
+# Mondays at 06:00 India time (the trigger is
+# the last block).
 blocks:
   - name: src
     type: sftp_read
@@ -43,6 +43,10 @@ blocks:
     type: http_write
     base_url: https://eu.api.capillarytech.com
     auth: {type: basic, username: u, password: "${T_PASSWORD}"}
+  - name: trigger
+    type: schedule
+    cron: "0 6 * * MON"
+    timezone: Asia/Kolkata
 """
 
 
@@ -59,7 +63,7 @@ def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> li
 def test_good_file_loads(tmp_path: Path) -> None:
     assert problems(tmp_path, GOOD) == []
     flow = load_dataflow(tmp_path / "flow.yaml", env={"T_PASSWORD": "x" * 8})
-    assert [s.config.name for s in flow.blocks] == ["src", "transform", "dest"]
+    assert [s.config.name for s in flow.blocks] == ["src", "transform", "dest", "trigger"]
     assert flow.blocks[0].config.port == 22  # type: ignore[attr-defined]
 
 
@@ -85,11 +89,11 @@ def test_nested_key_and_value_problems_are_all_reported(tmp_path: Path) -> None:
     )
     text = text.replace("    username: acme\n", "    username: acme\n    port: 70000\n")
     assert problems(tmp_path, text) == [
-        "flow.yaml:6: trigger.timezone: unknown IANA timezone 'Asia/Kolkatta' (e.g. "
-        "Asia/Kolkata, UTC)",
         "flow.yaml:12: blocks[0].port: Input should be less than or equal to 65535",
         "flow.yaml:28: blocks[2].auth: required key 'username' is missing",
         "flow.yaml:28: blocks[2].auth.usernme: unknown key 'usernme'; did you mean 'username'?",
+        "flow.yaml:32: blocks[3].timezone: unknown IANA timezone 'Asia/Kolkatta' (e.g. "
+        "Asia/Kolkata, UTC)",
     ]
 
 
@@ -129,7 +133,7 @@ def test_bad_cron_unknown_template_and_order(tmp_path: Path) -> None:
     )
     assert problems(tmp_path, text) == [
         "flow.yaml:3: template: unknown template 'earned_badge'; did you mean 'earned_badges'?",
-        "flow.yaml:5: trigger.cron: '0 6 * MON' is not a 5-field crontab (minute hour day "
+        "flow.yaml:30: blocks[3].cron: '0 6 * MON' is not a 5-field crontab (minute hour day "
         "month day-of-week)",
     ]
 
@@ -156,10 +160,11 @@ def test_invalid_regex_and_date_format(tmp_path: Path) -> None:
 
 def test_yaml_syntax_error_and_duplicate_key(tmp_path: Path) -> None:
     assert problems(tmp_path, "version: 1\nname: [x\n") == [
-        "flow.yaml:3: (yaml): invalid YAML: expected ',' or ']', but got '<stream end>'",
+        "flow.yaml:3: (yaml): invalid YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence that starts on line 2)",
     ]
     assert problems(tmp_path, GOOD.replace("version: 1\n", "version: 1\nversion: 1\n"))[0] == (
-        "flow.yaml:2: version: duplicate key"
+        "flow.yaml:2: version: duplicate key: already set on line 1"
     )
 
 
@@ -200,7 +205,7 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
     )
     ok = run(good)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "ok (acme-earned-badges, template earned_badges, 3 blocks)" in ok.stdout
+    assert "ok (acme-earned-badges, template earned_badges, 4 blocks)" in ok.stdout
     both = run(good, bad)
     assert both.returncode == 2
     assert f"{bad}:1: version: Input should be 1" in both.stdout
