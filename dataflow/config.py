@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import difflib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,10 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from dataflow import redact
+from dataflow import redact, registry
+from dataflow.alerts.model import AlertsConfig, DefaultsModel, find_defaults, merge
 from dataflow.block import Block, BlockConfig, Trigger
 from dataflow.errors import ConfigError
-from dataflow import registry
+from dataflow.hints import did_you_mean
 from dataflow.templates import TEMPLATES, Template
 from dataflow.yamlsource import Document, YamlPath, load
 
@@ -33,6 +33,7 @@ class DataflowModel(BaseModel):
     template: str
     enabled: bool = True
     blocks: list[dict[str, Any]] = Field(repr=False)  # raw; validated per block type
+    alerts: AlertsConfig | None = None  # merged over a defaults.yaml's (dataflow.alerts.model)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def load_dataflow(path: str | Path, env: Mapping[str, str] | None = None) -> Dat
     if "trigger" in doc.data:  # the earlier form: say what to write instead
         doc.problem(("trigger",), _old_trigger(doc.data["trigger"]))
         del doc.data["trigger"]
+    _apply_defaults(doc, Path(path), env)
     model = _validate(doc, DataflowModel, doc.data, ())
     template = None
     name = doc.data.get("template")
@@ -85,6 +87,25 @@ def load_dataflow(path: str | Path, env: Mapping[str, str] | None = None) -> Dat
     _register_secrets(model, *(s.config for s in specs))
     enabled = tuple(s for s in specs if s.config.enabled)
     return Dataflow(Path(path), model, template, enabled)
+
+
+def _apply_defaults(doc: Document, path: Path, env: Mapping[str, str] | None) -> None:
+    """Merge the nearest defaults.yaml's ``alerts:`` under the file's own, key by key. The
+    defaults file is validated on its own, so its problems carry its own name and lines."""
+    found = find_defaults(path)
+    if found is None:
+        return
+    defaults = load(found, env)
+    if defaults.data is None:
+        doc.problems += defaults.problems
+        return
+    if not isinstance(defaults.data, dict):
+        defaults.problem((), "a defaults file must be a mapping of keys (alerts)")
+    elif _validate(defaults, DefaultsModel, defaults.data, ()) is not None:
+        merged = merge(defaults.data.get("alerts"), doc.data.get("alerts"))
+        if merged is not None:
+            doc.data["alerts"] = merged
+    doc.problems += defaults.problems
 
 
 def _old_trigger(value: Any) -> str:
@@ -152,9 +173,9 @@ def _check_order(doc: Document, specs: list[BlockSpec], raw: list[Any]) -> None:
     ordered = [(i, k) for i, k in enumerate(kinds) if k != "trigger"]
     kinds = [k for _, k in ordered]
     for kind, label in (
-        ("source", "a source (sftp_read)"),
-        ("transform", "a transform (field_mapping)"),
-        ("sink", "a destination (http_write)"),
+        ("source", "source (sftp_read)"),
+        ("transform", "transform (field_mapping)"),
+        ("sink", "destination (http_write)"),
     ):
         count = kinds.count(kind)
         if count != 1:
@@ -211,9 +232,7 @@ def _message(err: Any, model: type[Any], loc: tuple[Any, ...]) -> str:
 
 
 def _unknown(what: str, value: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(known)}"
-    return f"unknown {what} '{value}'{hint}"
+    return f"unknown {what} '{value}'{did_you_mean(value, known)}"
 
 
 def _fields_at(model: type[Any], loc: tuple[Any, ...]) -> list[str]:

@@ -30,24 +30,32 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from dataflow import registry
+from dataflow.alerts import check_no_file, is_defaults_file
 from dataflow.block import Trigger
 from dataflow.config import Dataflow, load_dataflow
-from dataflow.errors import ConfigError
+from dataflow.errors import ConfigError, StateError
 from dataflow.ledger import Ledger, state_dir
 from dataflow.report import EXIT_CODES
 from dataflow.shutdown import STOP
+from dataflow.trigger import When
 
 log = logging.getLogger(__name__)
 
 MISFIRE_GRACE_SECONDS = 6 * 3600
 JOB_FUNC = "dataflow.scheduler:run_job"
+NO_FILE_FUNC = "dataflow.scheduler:no_file_job"
+NO_FILE_SUFFIX = ":no_file"  # job id of a dataflow's expect_file deadline (':' is not in names)
 
 
 def discover(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix in (".yaml", ".yml") and not is_defaults_file(p)
+            )
         else:
             found.append(path)
     return [p.resolve() for p in found]
@@ -155,31 +163,86 @@ def run_job(path: str) -> None:
 def sync_jobs(scheduler: BackgroundScheduler, paths: list[Path]) -> None:
     """Make the job store match the files: add, replace, keep or remove jobs."""
     dataflows, invalid = load_all(paths)
-    wanted: dict[str, Dataflow] = {}
+    wanted: dict[str, tuple[str, BaseTrigger, list[str]]] = {}  # job id -> func, trigger, args
     for dataflow in dataflows:
-        if not dataflow.model.enabled or dataflow.trigger is None:
-            why = "disabled" if not dataflow.model.enabled else "no trigger"
-            log.info("%s: not scheduled (%s)", dataflow.name, why)
+        args = [str(dataflow.path.resolve())]
+        if not dataflow.model.enabled:
+            log.info("%s: not scheduled (disabled)", dataflow.name)
             continue
-        wanted[dataflow.name] = dataflow
+        if dataflow.trigger is None:
+            log.info("%s: not scheduled (no trigger)", dataflow.name)
+        else:
+            wanted[dataflow.name] = (JOB_FUNC, BlockTrigger.of(dataflow.trigger), args)
+        deadline = _expect_file(dataflow)
+        if deadline is not None:
+            wanted[dataflow.name + NO_FILE_SUFFIX] = (NO_FILE_FUNC, WhenTrigger(deadline), args)
     for job in scheduler.get_jobs():
         kept_invalid = job.args and Path(job.args[0]) in invalid
         if job.id not in wanted and not kept_invalid:
             log.info("%s: unscheduled (its file is gone, disabled or without trigger)", job.id)
             scheduler.remove_job(job.id)
-    for name, dataflow in wanted.items():
-        block = dataflow.trigger
-        assert block is not None
-        trigger = BlockTrigger.of(block)
-        args = [str(dataflow.path.resolve())]
-        job = scheduler.get_job(name)
+    for job_id, (func, trigger, args) in wanted.items():
+        job = scheduler.get_job(job_id)
         if job is not None and job.trigger == trigger and list(job.args) == args:
             continue  # unchanged: keep its next run time (and any missed run)
-        scheduler.add_job(JOB_FUNC, trigger, args=args, id=name, name=name, replace_existing=True)
-        log.info("%s: scheduled (%s)", name, trigger)
+        scheduler.add_job(func, trigger, args=args, id=job_id, name=job_id, replace_existing=True)
+        log.info("%s: scheduled (%s)", job_id, trigger)
 
 
-def serve(paths: list[Path]) -> int:
+def _expect_file(dataflow: Dataflow) -> When | None:
+    alerts = dataflow.model.alerts
+    if alerts is None or alerts.expect_file is None or "no_file" not in alerts.events:
+        return None
+    return alerts.expect_file
+
+
+class WhenTrigger(BaseTrigger):  # type: ignore[misc]
+    """An ``expect_file`` deadline (a `When`) for APScheduler, pickled as its config."""
+
+    def __init__(self, when: When) -> None:
+        self.when = when
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        return self.when.next_fire(previous_fire_time, now)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"version": 1, "when": self.when.model_dump(mode="json", exclude_none=True)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.when = When.model_validate(state["when"])
+
+    def __str__(self) -> str:
+        return f"expect_file deadline {self.when.describe()}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WhenTrigger) and self.__getstate__() == other.__getstate__()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def no_file_job(path: str) -> None:
+    """At a dataflow's expect_file deadline: a ``no_file`` alert if nothing was picked up."""
+    try:
+        dataflow = load_dataflow(path)
+    except ConfigError as exc:
+        log.error("%s: deadline not checked, the file is invalid:\n%s", path, exc)
+        return
+    try:
+        ledger = Ledger()
+    except StateError as exc:
+        log.error("%s: deadline not checked: %s", dataflow.name, exc)
+        return
+    try:
+        check_no_file(dataflow, ledger)
+    except StateError as exc:
+        log.error("%s: deadline not checked: %s", dataflow.name, exc)
+    finally:
+        ledger.close()
+
+
+def serve(paths: list[Path], http: tuple[str, int] | None = None) -> int:
     directory = state_dir()
     ledger = Ledger(directory)
     with ledger.lock(".scheduler") as held:  # not a valid dataflow name: no clash
@@ -189,10 +252,10 @@ def serve(paths: list[Path]) -> int:
             )
             ledger.close()
             return 1
-        return _serve(paths, directory)
+        return _serve(paths, directory, http)
 
 
-def _serve(paths: list[Path], directory: Path) -> int:
+def _serve(paths: list[Path], directory: Path, http: tuple[str, int] | None = None) -> int:
     stop = threading.Event()
     reload = threading.Event()
 
@@ -217,6 +280,7 @@ def _serve(paths: list[Path], directory: Path) -> int:
         },
         timezone=UTC,
     )
+    server = _serve_http(http, directory, scheduler) if http else None  # before any job runs
     scheduler.start(paused=True)
     sync_jobs(scheduler, paths)
     scheduler.resume()
@@ -232,8 +296,20 @@ def _serve(paths: list[Path], directory: Path) -> int:
             continue
         break
     scheduler.shutdown(wait=True)
+    if server is not None:
+        server.shutdown()
     log.info("scheduler stopped")
     return 0
+
+
+def _serve_http(http: tuple[str, int], directory: Path, scheduler: BackgroundScheduler) -> Any:
+    """The run-history page, /metrics and /healthz from a daemon thread (`dataflow.web`)."""
+    from dataflow import web
+
+    def next_runs() -> dict[str, datetime | None]:
+        return {job.id: job.next_run_time for job in scheduler.get_jobs()}
+
+    return web.start(http, web.Site(directory, next_runs))
 
 
 def _log_next(scheduler: BackgroundScheduler) -> None:
