@@ -26,8 +26,10 @@ def _setup_logging(verbose: bool, log_format: LogFormat = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "httpcore", "gnupg", "apscheduler.executors"):
+    for noisy in ("httpx", "httpcore", "apscheduler.executors"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # python-gnupg logs gpg's status lines at WARNING; pgp_decrypt says what they mean
+    logging.getLogger("gnupg").setLevel(logging.DEBUG if verbose else logging.ERROR)
     # paramiko logs a dropped connection with a traceback; sftp_read says it in its own words
     logging.getLogger("paramiko").setLevel(logging.WARNING if verbose else logging.CRITICAL + 1)
 
@@ -60,6 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("paths", nargs="*", type=Path, help="dataflow files (for their next runs)")
     p.add_argument("--http", type=console.parse_address, metavar="HOST:PORT", required=True)
 
+    p = sub.add_parser(
+        "check",
+        help="pre-flight against the real servers (SFTP, PGP key, API), changing nothing",
+        description="One line per check: ok, or FAIL with what to fix. Exit 0 all passed, "
+        "1 a check failed, 2 a file is invalid. Example: dataflow check configs/acme.yaml",
+    )
+    p.add_argument("files", nargs="+", type=Path)
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of a dataflow file (every block type, plugins too)",
+        description="Example: dataflow schema > dataflow.schema.json, then put "
+        "'# yaml-language-server: $schema=./dataflow.schema.json' atop a dataflow file",
+    )
+    p.add_argument("--docs", action="store_true", help="print the blocks reference (Markdown)")
+
     p = sub.add_parser("runs", help="run history with per-file counts")
     p.add_argument("name", nargs="?")
     p.add_argument("--json", action="store_true")
@@ -79,7 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose, args.log_format)
     handler = {"validate": _validate, "run": _run, "schedule": _schedule, "runs": _runs}
     handler["ui"] = _ui
+    handler["check"] = _check
+    handler["schema"] = _schema
     return int(handler[args.command](args))
+
+
+def _check(args: argparse.Namespace) -> int:
+    from dataflow import check
+
+    if not args.verbose:  # the check lines say it all; the blocks' progress lines would not
+        logging.getLogger().setLevel(logging.WARNING)
+    return check.main(args.files)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from dataflow import schema
+
+    if args.docs:
+        sys.stdout.write(schema.blocks_markdown())
+    else:
+        print(json.dumps(schema.dataflow_schema(), indent=2))
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -186,7 +224,7 @@ def _runs(args: argparse.Namespace) -> int:
         return 0
     if args.table or sys.stdout.isatty():
         console.runs_table(history, errors)
-        history = []
+        return 0
     for run in history:
         print(
             f"{run['started_at']}  {run['dataflow']}  {run['status'] or 'running'}"

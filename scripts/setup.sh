@@ -9,6 +9,8 @@ need=()
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v gpg >/dev/null || need+=(gnupg)
 command -v gpgconf >/dev/null || need+=(gnupg)
+# the run-history page is tested in a real headless browser (tests/test_web.py)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root, or apt-get install them)" >&2

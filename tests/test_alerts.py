@@ -158,6 +158,20 @@ def test_a_receiver_that_is_down_changes_nothing(bed: Bed) -> None:
     assert result.stderr.count("trying again") == 4  # 2 retries per channel
     assert "Traceback" not in result.stderr
     assert_no_secret(bed, result.stderr)
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from dataflow import metrics
+    from dataflow.ledger import Ledger
+
+    state = Path(bed.env["DATAFLOW_STATE_DIR"])
+    scraped = metrics.render(metrics.registry(lambda: Ledger(state))).decode()
+    failed = {
+        sample.labels["channel"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "dataflow_alert_delivery_failures_total"
+    }
+    assert failed == {"webhook": 1, "email": 1}  # counted, as the contract asks
 
 
 # -- in-process: delivery, counters, redaction, configuration ----------------------------

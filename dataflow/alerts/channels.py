@@ -11,6 +11,7 @@ it cannot change a run's outcome.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import smtplib
 import ssl
@@ -79,6 +80,10 @@ def _deliver_one(alert: Alert, channel: Channel) -> bool:
     except Exception as exc:  # DeliveryError, or a bug here: neither may cost the run anything
         with _lock:
             _failures[key] += 1
+        with contextlib.suppress(Exception):  # counting must not cost the run anything either
+            from dataflow import metrics  # lazily: prometheus-client only when an alert fails
+
+            metrics.alert_delivery_failed(alert.dataflow, channel.type)
         why = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
         log.error(
             "%s: the %s alert could not be delivered (%s): %s; the run's outcome is unchanged",
