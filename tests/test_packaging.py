@@ -31,7 +31,11 @@ def test_docker_compose_parses_and_references_what_exists() -> None:
         assert (ROOT / copied).exists() and copied in dockerfile
     assert services["emulator"]["entrypoint"] == ["python", "-m", "dataflow.emulator"]
     assert (ROOT / "dataflow" / "emulator" / "__main__.py").is_file()
-    assert services["scheduler"]["command"] == ["schedule", "/configs"]
+    assert services["scheduler"]["command"][:2] == ["schedule", "/configs"]
+    http = services["scheduler"]["command"][3]
+    assert services["scheduler"]["command"][2] == "--http" and http.endswith(":8090")
+    probe = " ".join(services["scheduler"]["healthcheck"]["test"])
+    assert "/healthz" in probe and ":8090" in probe
     for volume in services["scheduler"]["volumes"]:
         source = volume.split(":")[0]
         if source.startswith("./"):
