@@ -1,10 +1,13 @@
 """Checkpoints: what the API already acknowledged for a file, so a crashed run resumes.
 
-A file in progress is known by its content (SHA-256). Every acknowledged request is
-committed (its line numbers and the failures among them) before the next result is
+A file in progress is known by its content (SHA-256). Every request's verdicts are
+committed (their line numbers and the failures among them) before the next result is
 processed, so after a crash, even ``kill -9``, the next run skips every acknowledged row and
 re-sends at most the requests that were in flight (``concurrency`` requests of
 ``batch_size`` rows; for the bulk templates their requestIds make the server answer 809).
+Only verdicts of the API about a row are committed (`RecordResult.final`): a row whose
+request used up its retries, or whose answer confirmed nothing, is not, so a kept file sends
+it again (see `dataflow.accounts`).
 The finishing steps are recorded too: the error file's chosen name, then its uploaded path;
 the original is moved last and the checkpoint deleted in the same transaction that records
 the file as done.

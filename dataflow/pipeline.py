@@ -1,10 +1,12 @@
 """One file through the chain: download, file steps, transform, send, finish.
 
 Rows rejected by the transform and rows the API failed go to the error file as they come;
-the counters always satisfy ``total = filtered + rejected + sent`` and
-``sent = succeeded + failed``. The file is finished (error file uploaded, then the original
-moved) only when every row is resolved. A `FileRejected` sends the original to the error
-directory with a one-row error file; a `FatalError` leaves it where it is for the next run.
+rows without a verdict of the API go there as failed only if the file finishes (see
+`dataflow.accounts`), and a file none of whose requests got a verdict is kept. The counters
+always satisfy ``total = filtered + rejected + sent`` and ``sent = succeeded + failed``. The
+file is finished (error file uploaded, then the original moved) only when every row is
+resolved. A `FileRejected` sends the original to the error directory with a one-row error
+file; a `FatalError` leaves it where it is for the next run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dataflow import console, logs
+from dataflow.accounts import Accounts
 from dataflow.block import FileStep, RemoteFile, RowStream, Sink, Source, Transform
 from dataflow.checkpoint import Progress
 from dataflow.errorfile import ErrorFile, error_file_name
@@ -29,7 +33,7 @@ from dataflow.faults import crash_point
 from dataflow.ledger import Ledger
 from dataflow.redact import redact
 from dataflow.report import FileReport, RunReport
-from dataflow.rows import STAGE_DESTINATION, Chunk, RecordResult, Request, RowError
+from dataflow.rows import Chunk, Request, RowError
 from dataflow.shutdown import STOP
 from dataflow.templates import Template
 
@@ -59,8 +63,10 @@ async def process_file(
 ) -> FileReport:
     """Process one file, filling `report` as it goes (also when a FatalError stops it)."""
     filedir = Path(tempfile.mkdtemp(prefix="file-", dir=workdir))
+    console.listener().file_started(file.name, file.size)
     try:
-        await _process(chain, file, filedir, ledger, report, run)
+        with logs.context(lineage_id=None):  # set once known (a resumed file keeps its own)
+            await _process(chain, file, filedir, ledger, report, run)
     finally:
         shutil.rmtree(filedir, ignore_errors=True)
     return report
@@ -78,6 +84,7 @@ async def _process(
     log.info("%s: downloading", file.path)
     downloaded = filedir / "download"
     sha = report.sha256 = await asyncio.to_thread(source.download, file, downloaded)
+    console.listener().downloaded(file.size)
     crash_point("downloaded")
     if ledger.completed(chain.dataflow, sha):
         report.status = "duplicate"
@@ -93,6 +100,7 @@ async def _process(
         else ledger.checkpoints(chain.dataflow).open(sha, file.name)
     )
     report.lineage_id = progress.lineage_id
+    logs.LINEAGE_ID.set(report.lineage_id)
     if progress.resumed:
         log.info(
             "%s: resuming: %d row(s) were acknowledged before an interruption",
@@ -111,7 +119,12 @@ async def _process(
         path = await asyncio.to_thread(source.prepare, path, filedir)
         stage = chain.transform.config.name
         stream = await asyncio.to_thread(chain.transform.read, path)
-        errors = ErrorFile(filedir / "errors.csv", stream.columns, chain.delimiter)
+        errors = ErrorFile(
+            filedir / "errors.csv",
+            stream.columns,
+            chain.delimiter,
+            neutralize_formulas=source.neutralize_formulas,
+        )
         try:
             await _send_rows(chain, stream, errors, report, progress, ledger)
         finally:
@@ -144,78 +157,32 @@ async def _send_rows(
     progress: Progress,
     ledger: Ledger,
 ) -> None:
-    chunks: Iterator[Chunk] = iter(stream)
-    file_id = report.sha256 or report.lineage_id
     checkpoints = None if chain.dry_run else ledger.checkpoints(chain.dataflow)
-
-    def next_chunk() -> tuple[Chunk, pd.DataFrame, list[Request]] | None:
-        chunk = next(chunks, None)
-        if chunk is None:
-            return None
-        records = chunk.records
-        done = records.iloc[0:0]
-        if progress.resumed and len(records):
-            acked = progress.acked_mask(records.index.to_numpy(dtype=np.int64))
-            done, records = records[acked], records[~acked]
-        requests = list(
-            chain.template.build_requests(
-                chain.template, records, chunk.source, chain.batch_size, file_id
-            )
-        )
-        return chunk, done, requests
-
-    def take(chunk: Chunk, done: pd.DataFrame) -> None:
-        report.rows_total += chunk.total
-        report.rows_filtered += chunk.filtered
-        report.rows_rejected += len(chunk.errors)
-        report.rows_sent += len(chunk.records)
-        for error in chunk.errors:
-            errors.add(error, _values(chunk.source, error.line_no, error.raw))
-        for line_no in done.index:  # acknowledged before an interruption
-            failure = progress.failures.get(int(line_no))
-            if failure is None:
-                report.rows_succeeded += 1
-                continue
-            report.rows_failed += 1
-            code, message = failure
-            errors.add(
-                RowError(int(line_no), STAGE_DESTINATION, message, code),
-                _values(chunk.source, int(line_no), None),
-            )
+    accounts = Accounts(report, errors, progress, checkpoints)
+    planned = _plan(chain, stream, progress, report.sha256 or report.lineage_id)
 
     async def requests() -> AsyncIterator[Request]:
-        while not STOP.is_set() and (item := await asyncio.to_thread(next_chunk)) is not None:
+        while not STOP.is_set() and (item := await asyncio.to_thread(next, planned, None)):
             chunk, done, built = item
-            take(chunk, done)
+            accounts.take_chunk(chunk, done)
+            console.listener().rows_read(chunk.total, len(chunk.errors), len(done))
             for request in built:
                 if STOP.is_set():
                     return
                 yield request
 
-    def on_result(request: Request, results: list[RecordResult]) -> None:
-        if checkpoints is not None and report.sha256:
-            checkpoints.ack(report.sha256, results)
-            crash_point("acked")
-        for result in results:
-            if result.ok:
-                report.rows_succeeded += 1
-                continue
-            report.rows_failed += 1
-            errors.add(
-                RowError(result.line_no, STAGE_DESTINATION, result.message, result.status_code),
-                _values(request.source, result.line_no, None),
-            )
-
     if chain.dry_run:
         async for _ in requests():
             pass
     else:
-        await chain.sink.send(requests(), on_result)
+        await chain.sink.send(requests(), console.counting(accounts.on_result))
     if STOP.is_set():
         raise Stopped(
-            f"stopped before the file was finished; {report.rows_succeeded + report.rows_failed}"
-            " acknowledged row(s) are checkpointed and the next run resumes the file"
+            f"stopped before the file was finished; {accounts.acknowledged} acknowledged row(s)"
+            " are checkpointed and the next run resumes the file"
         )
+    accounts.require_a_verdict(f"block {chain.sink.config.name!r}")
+    accounts.settle()
     log.info(
         "sent %d rows: %d accepted, %d failed",
         report.rows_sent,
@@ -224,13 +191,20 @@ async def _send_rows(
     )
 
 
-def _values(source: object, line_no: int, raw: str | None) -> list[object] | None:
-    if raw is not None:
-        return None
-    try:
-        return list(source.loc[line_no])  # type: ignore[attr-defined]
-    except KeyError:
-        return None
+def _plan(
+    chain: Chain, stream: RowStream, progress: Progress, file_id: str
+) -> Iterator[tuple[Chunk, pd.DataFrame, list[Request]]]:
+    """Each chunk, its rows acknowledged before an interruption, and the requests for the rest."""
+    for chunk in stream:
+        records = chunk.records
+        done = records.iloc[0:0]
+        if progress.resumed and len(records):
+            acked = progress.acked_mask(records.index.to_numpy(dtype=np.int64))
+            done, records = records[acked], records[~acked]
+        requests = chain.template.build_requests(
+            chain.template, records, chunk.source, chain.batch_size, file_id
+        )
+        yield chunk, done, list(requests)
 
 
 async def _finish(
@@ -260,13 +234,23 @@ async def _finish(
             )
             if not resumed:
                 checkpoints.error_file(sha, name=name)
+            local, name = await asyncio.to_thread(protect_output, chain, errors.path, name)
             report.error_file = await asyncio.to_thread(
-                source.upload_error_file, errors.path, name, report.lineage_id, resumed
+                source.upload_error_file, local, name, report.lineage_id, resumed
             )
             checkpoints.error_file(sha, path=report.error_file)
             crash_point("error_uploaded")
         log.info("%s: %d row(s) reported in %s", file.name, errors.rows, report.error_file)
     report.processed_path = await asyncio.to_thread(source.move_original, file, failed)
     crash_point("moved")
-    ledger.finish_file(run, report)
+    ledger.finish_file(run, report, errors.summary())
     log.info("%s: moved to %s", file.name, report.processed_path)
+
+
+def protect_output(chain: Chain, local: Path, name: str) -> tuple[Path, str]:
+    """What is uploaded for `local` (to be written back as `name`): each file step's
+    `protect_output` in turn (pgp_decrypt's `encrypt_outputs_to`), in the file's private
+    directory. Call it before every upload of a file written back to the server."""
+    for step in chain.steps:
+        local, name = step.protect_output(local, name, local.parent)
+    return local, name

@@ -45,6 +45,7 @@ class RunReport:
     dry_run: bool = False
     reason: str | None = None
     skipped: bool = False  # another process held the dataflow's lock
+    stop_cause: str | None = None  # why a FatalError stopped it: FatalError.cause ("api_down", ...)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -52,9 +52,9 @@ class Request:
     customers: tuple[int, ...] = ()  # customerId of each line, for bulk templates
     request_id: str | None = None  # the idempotency key, for bulk templates
 
-    def fail(self, status_code: str, message: str) -> list[RecordResult]:
-        """The same failure for every line of this request."""
-        return [RecordResult(n, False, status_code, message) for n in self.line_nos]
+    def fail(self, status_code: str, message: str, final: bool = True) -> list[RecordResult]:
+        """The same failure for every line of this request (`final=False`: no verdict)."""
+        return [RecordResult(n, False, status_code, message, final) for n in self.line_nos]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,6 @@ class RecordResult:
     ok: bool
     status_code: str = ""
     message: str = ""
+    # False: no verdict from the API about this row (transient or unconfirmed); such a row is
+    # sent again if its file is kept
+    final: bool = True

@@ -187,3 +187,65 @@ def test_two_runs_of_one_dataflow_never_overlap(bed: Bed) -> None:
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 3
     assert_finished_exactly_once(bed, json.loads(out))
+
+
+BULK_MAPPING = {
+    "mapping": {
+        "badgeMetaId": "badge_id",
+        "customerId": "customer_id",
+        "earnEventDate": {
+            "column": "event_date",
+            "date_format": "%d/%m/%Y %H:%M",
+            "timezone": "Asia/Kolkata",
+        },
+        "ownerType": {"const": "Loyalty"},
+        "referenceId": {"const": "weekly-import"},
+    }
+}
+
+
+def test_sigterm_while_requests_time_out_keeps_their_rows_for_the_resumed_run(bed: Bed) -> None:
+    """SIGTERM while the requests in flight are timing out (the API is too slow): they use up
+    their retries after the signal, which is no verdict about their rows; the file is kept,
+    and the resumed run sends them again (bulk requestIds: the server answers 809 for those it
+    applied late, so nothing is issued twice)."""
+    put(bed)
+    flow = bed.config(
+        template="earn_badges_bulk",
+        transform=BULK_MAPPING,
+        sink={"batch_size": BATCH, "concurrency": CONCURRENCY, "max_retries": 0},
+    )
+    slow = bed.config(
+        template="earn_badges_bulk",
+        transform=BULK_MAPPING,
+        sink={
+            "batch_size": BATCH,
+            "concurrency": CONCURRENCY,
+            "max_retries": 0,
+            "timeout_seconds": 1,
+        },
+        file="slow.yaml",
+    )
+    bed.api.configure(latency_ms=1500)  # every answer comes after the client's timeout
+    proc = bed.spawn("run", str(slow), "--json", stderr=subprocess.PIPE)
+    wait_until(lambda: len(bed.api.requests()) >= CONCURRENCY)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "received SIGTERM: finishing the requests in flight, then stopping" in err
+    assert "Traceback" not in err
+    report = json.loads(out)
+    assert "stopped before the file was finished" in report["reason"]
+    assert bed.sftp.files("inbox") == [NAME] and error_files(bed) == []
+    assert len(bed.api.requests()) == CONCURRENCY  # only those in flight left
+    wait_until(lambda: len(bed.api.earned()) == CONCURRENCY * BATCH)  # applied, answers lost
+
+    bed.api.configure(latency_ms=0)
+    code, resumed, stderr = bed.run_json(flow)
+    assert code == 3, stderr
+    (f,) = resumed["files"]
+    assert counts(f) == (43, 2, 41, 40, 1)  # 40 issued, the unknown badge failed (1054)
+    assert Counter(e["customerId"] for e in bed.api.earned()) == Counter(GOOD_IDS)
+    (name,) = error_files(bed)
+    rows = list(csv.reader(io.StringIO((bed.sftp.root / "errors" / name).read_text())))
+    assert sorted(int(r[4]) for r in rows[1:]) == [12, 28, 44]
