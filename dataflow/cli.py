@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "check",
         help="pre-flight against the real servers (SFTP, PGP key, API), changing nothing",
         description="One line per check: ok, or FAIL with what to fix. Exit 0 all passed, "
-        "1 a check failed, 2 a file is invalid. Example: dataflow check configs/acme.yaml",
+        "1 a check failed, 2 a file is invalid. Example: dataflow check configs/acme/*.yaml",
     )
     p.add_argument("files", nargs="+", type=Path)
 
