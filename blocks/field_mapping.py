@@ -8,19 +8,27 @@ Example::
       encoding: utf-8                 # a UTF-8 BOM is always tolerated
       headerless: false
       headers: []                     # column names when headerless
+      filter: "status = 'paid' AND CAST(amount AS DOUBLE) > 10"   # SQL; not true: filtered
       mapping:                        # API field -> source column, or a spec
         badgeMetaId: badge_id
         customerId: customer_id
         earnEventDate: {column: event_date, date_format: "%d/%m/%Y %H:%M", timezone: Asia/Kolkata}
         earnExpiresOn: {column: expires_at, date_format: epoch}
-        # {const: VALUE}; date_format may be a list tried in order;
-        # keywords: epoch (seconds), epoch_ms, iso8601
+        # {const: VALUE}; {expr: "SQL expression"}; {column, map: {from: to}, default, ignore_case}
+        # date_format may be a list tried in order; keywords: epoch (seconds), epoch_ms, iso8601
+      duplicates: keep                # or reject: a repeat of the template's key is rejected
+      max_rejected_percent: 20        # above it: the whole file fails, nothing is sent
 
 Every value is read as text and trimmed. Each template field is converted to the kind the
 template declares (see `dataflow.templates`); a date without ``date_format`` is read as
 ISO-8601, and a date without an offset is taken in ``timezone`` (default UTC). A row that
 breaks a rule is rejected with a reason naming the field; a malformed line (wrong number of
 fields, broken quotes) is rejected with its text; blank lines are counted as filtered.
+
+``filter`` and ``expr`` are SQL over the row's source columns (all text), evaluated by a
+sandboxed engine over each chunk at once (`dataflow_blocks._sql`); the docs are in
+docs/transform.md. Rows where the filter is not true are counted as filtered; a row on which
+an expression fails (a cast of 'abc' to a number) is rejected naming the field and the error.
 
 Dates are held at millisecond resolution (no pandas nanosecond limit of 1677..2262); the API
 takes integer epoch seconds and ISO-8601 with four-digit years, so a date must fall within
@@ -31,6 +39,9 @@ skipped by a DST change is rejected as not existing in the timezone; a repeated 
 is taken as its first occurrence (the earlier instant). A mapped value holding a C0 or C1
 control character (U+0000-U+001F, U+007F-U+009F) other than tab, after trimming, rejects
 the row naming the field and the character's code point.
+
+pandas, numpy and pyarrow are imported by the functions that run a file, not by this module:
+``dataflow validate`` loads this config model without them.
 """
 
 from __future__ import annotations
@@ -38,11 +49,10 @@ from __future__ import annotations
 import codecs
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import numpy as np
-import pandas as pd
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -54,22 +64,38 @@ from pydantic import (
 )
 
 from dataflow.block import BlockConfig, CheckProblem, RowStream, Transform
-from dataflow.csvchunks import CsvChunks
 from dataflow.errors import FileRejected
+from dataflow.hints import did_you_mean
 from dataflow.rows import STAGE_TRANSFORM, Chunk, RowError
 from dataflow.templates import DATE_KINDS, OWNER_TYPES, Template
 from dataflow.trigger import Timezone
+from dataflow_blocks import _sql
+from dataflow_blocks._keys import SeenKeys, digests, key_fields
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from dataflow.csvchunks import CsvChunks
 
 DATE_KEYWORDS = ("epoch", "epoch_ms", "iso8601")
 _MAX_CUSTOMER_ID = 2**63 - 1
 DATE_RANGE = "1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
 _DATE_DTYPE = "datetime64[ms, UTC]"  # milliseconds: no nanosecond limit (1677..2262)
-_DATE_MIN = pd.Timestamp("1970-01-01T00:00:00Z").as_unit("ms")
-_DATE_MAX = pd.Timestamp("9999-12-31T23:59:59.999Z").as_unit("ms")
 _DATE_MAX_MS = 253402300799999
+_SHOWN_KEYS = 6  # map keys named in a message
 _ISO_OFFSET = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"
 # C0 and C1 control characters (and DEL), except tab
 _CONTROL = "[\x00-\x08\x0a-\x1f\x7f-\x9f]"
+
+
+@cache
+def _date_bounds() -> tuple[pd.Timestamp, pd.Timestamp]:
+    import pandas as pd
+
+    low = pd.Timestamp("1970-01-01T00:00:00Z").as_unit("ms")
+    return low, pd.Timestamp("9999-12-31T23:59:59.999Z").as_unit("ms")
 
 
 def _delimiter_schema(schema: dict[str, Any]) -> None:
@@ -79,20 +105,76 @@ def _delimiter_schema(schema: dict[str, Any]) -> None:
 
 
 class FieldSpec(BaseModel):
-    """How one API field is made: from a column or a constant, maybe parsed as a date."""
+    """How one API field is made: from a column, a constant or a SQL expression; maybe
+    through a value map, maybe parsed as a date."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    column: str | None = None
-    const: str | int | None = None
+    column: str | None = Field(default=None, description="the source column to read")
+    const: str | int | None = Field(default=None, description="the same value for every row")
+    expr: str | None = Field(
+        default=None,
+        description="a SQL expression over the row's source columns (all text), e.g. "
+        "\"campaign || '-' || upper(region)\"; see docs/transform.md",
+    )
+    map: dict[str, str] | None = Field(
+        default=None,
+        description="with `column`: source value -> value sent; a value outside the map "
+        "takes `default`, or rejects the row",
+    )
+    default: str | None = Field(
+        default=None, description="with `map`: the value sent for a value outside the map"
+    )
+    ignore_case: bool = Field(
+        default=False, description="with `map`: match the map's keys ignoring case"
+    )
     date_format: str | list[str] | None = None
     timezone: Timezone = "UTC"
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
-        if (self.column is None) == (self.const is None):
-            raise ValueError("give exactly one of column or const")
+        given = [k for k in ("column", "const", "expr") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of column, const or expr")
+        if self.map is None and (self.default is not None or self.ignore_case):
+            raise ValueError("default and ignore_case go with map")
+        if self.map is not None and self.column is None:
+            raise ValueError("map goes with column (the column whose values it maps)")
+        if self.map is not None and self.ignore_case:
+            folded: dict[str, str] = {}
+            for key in self.map:
+                other = folded.setdefault(key.casefold(), key)
+                if other != key and self.map[other] != self.map[key]:
+                    raise ValueError(
+                        f"map keys {other!r} and {key!r} are the same ignoring case but map "
+                        "to different values"
+                    )
         return self
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _map_text(cls, value: Any) -> Any:
+        """YAML reads `1: A` with a number key: every key and value is text here."""
+        if not isinstance(value, dict):
+            return value
+        if not value:
+            raise ValueError("map is empty")
+        for item in (*value.keys(), *value.values()):
+            if isinstance(item, bool) or item is None:
+                raise ValueError(
+                    f"map holds {item!r}, which YAML read as a boolean or null: quote it "
+                    "(for example 'yes': Loyalty)"
+                )
+        return {_text(k): _text(v) for k, v in value.items()}
+
+    @field_validator("default", mode="before")
+    @classmethod
+    def _default_text(cls, value: Any) -> Any:
+        return (
+            _text(value)
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else value
+        )
 
     @field_validator("date_format")
     @classmethod
@@ -116,7 +198,20 @@ class FieldSpec(BaseModel):
 
     @property
     def described(self) -> str:
-        return f"column '{self.column}'" if self.column is not None else "const"
+        if self.column is not None:
+            return f"column '{self.column}'"
+        return "expr" if self.expr is not None else "const"
+
+    def lookup(self) -> dict[str, str]:
+        """The map as matched: keys folded when ignoring case."""
+        assert self.map is not None
+        if not self.ignore_case:
+            return dict(self.map)
+        return {key.casefold(): value for key, value in self.map.items()}
+
+
+def _text(value: Any) -> Any:
+    return str(value) if isinstance(value, (int, float)) else value
 
 
 MappingValue = Annotated[
@@ -138,6 +233,26 @@ class FieldMappingConfig(BlockConfig):
     headerless: bool = False
     headers: list[str] = Field(default_factory=list)
     mapping: dict[str, MappingValue]
+    filter: str | None = Field(
+        default=None,
+        description='a SQL condition over the source columns (all text), e.g. "status = '
+        "'paid' AND CAST(amount AS DOUBLE) > 10\"; rows where it is not true (false or NULL) "
+        "are counted as rows_filtered, never sent, never in the error file",
+    )
+    duplicates: Literal["keep", "reject"] = Field(
+        default="keep",
+        description="reject: a row whose template key (earned_badges: badgeMetaId, "
+        "customerId, earnEventDate; bulk: the same with ownerType, referenceId) repeats an "
+        "earlier row's is rejected, naming the first line",
+    )
+    max_rejected_percent: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="more rejected rows than this percentage of the rows the filter keeps: "
+        "the whole file fails (moved to the error directory) before any row is sent; costs "
+        "one extra pass over the local file",
+    )
     chunk_bytes: int = Field(default=4 << 20, ge=1 << 10, le=256 << 20)
 
     @field_validator("delimiter", mode="before")
@@ -185,14 +300,7 @@ class FieldMappingConfig(BlockConfig):
         for field, spec in self.specs.items():
             where = ("mapping", field)
             if field not in kinds:
-                import difflib
-
-                close = difflib.get_close_matches(field, list(kinds), n=1, cutoff=0.6)
-                hint = (
-                    f"; did you mean '{close[0]}'?"
-                    if close
-                    else (f"; its fields are: {', '.join(kinds)}")
-                )
+                hint = did_you_mean(field, list(kinds), listing="its fields are")
                 problems.append(
                     (where, f"'{field}' is not a field of template {template.name}{hint}")
                 )
@@ -201,7 +309,48 @@ class FieldMappingConfig(BlockConfig):
                 problems.append((where, f"date_format given, but '{field}' is not a date"))
             if self.headerless and spec.column is not None and spec.column not in self.headers:
                 problems.append((where, f"column '{spec.column}' is not in headers"))
+            if spec.expr is not None:
+                problems += self._check_sql((*where, "expr"), spec.expr, predicate=False)
+            problems += _check_map(where, spec, kinds[field])
+        if self.filter is not None:
+            problems += self._check_sql(("filter",), self.filter, predicate=True)
         return problems
+
+    def _check_sql(
+        self, where: tuple[str | int, ...], text: str, *, predicate: bool
+    ) -> list[CheckProblem]:
+        try:
+            parsed = _sql.parse(text, predicate=predicate)
+        except _sql.ExpressionError as exc:
+            return [(where, str(exc))]
+        if self.headerless:
+            found = _sql.resolve(parsed, list(self.headers))
+            if isinstance(found, str):
+                return [(where, found.replace("the file's columns", "headers"))]
+        return []
+
+    def parsed(self) -> tuple[_sql.Parsed | None, dict[str, _sql.Parsed]]:
+        """The filter and the expressions, parsed (check() has vouched for them)."""
+        condition = _sql.parse(self.filter, predicate=True) if self.filter is not None else None
+        expressions = {
+            field: _sql.parse(spec.expr)
+            for field, spec in self.specs.items()
+            if spec.expr is not None
+        }
+        return condition, expressions
+
+
+def _check_map(where: tuple[str | int, ...], spec: FieldSpec, kind: str) -> list[CheckProblem]:
+    """A map into ownerType can only hold ownerTypes."""
+    if spec.map is None or kind != "owner_type":
+        return []
+    problems: list[CheckProblem] = []
+    for key, value in spec.map.items():
+        if value not in OWNER_TYPES:
+            problems.append(((*where, "map", key), f"{value!r} {_why(kind)}"))
+    if spec.default is not None and spec.default not in OWNER_TYPES:
+        problems.append(((*where, "default"), f"{spec.default!r} {_why(kind)}"))
+    return problems
 
 
 class FieldMapping(Transform):
@@ -210,41 +359,191 @@ class FieldMapping(Transform):
 
     def read(self, path: Path) -> RowStream:
         c = self.config
-        chunks = CsvChunks(
+        chunks = self._open(path)
+        engine: _Expressions | None = None
+        try:
+            missing = [
+                s.column
+                for s in c.specs.values()
+                if s.column is not None and s.column not in chunks.columns
+            ]
+            if missing:
+                raise FileRejected(
+                    f"mapped column(s) {', '.join(repr(m) for m in missing)} missing from the "
+                    f"header ({', '.join(chunks.columns)}); fix the mapping or ask the vendor"
+                )
+            chunks.check_decodable()
+            engine = _Expressions.open(c, chunks.columns)
+            if c.max_rejected_percent is not None:
+                self._threshold(path, engine, c.max_rejected_percent)
+        except BaseException:
+            chunks.close()
+            if engine is not None:
+                engine.close()
+            raise
+        return _MappedStream(chunks, c, self.context.template, engine)
+
+    def _open(self, path: Path) -> CsvChunks:
+        from dataflow.csvchunks import CsvChunks
+
+        c = self.config
+        return CsvChunks(
             path,
             delimiter=c.delimiter,
             encoding=c.encoding,
             headers=list(c.headers) if c.headerless else None,
             block_chars=c.chunk_bytes,
         )
-        missing = [
-            s.column
-            for s in c.specs.values()
-            if s.column is not None and s.column not in chunks.columns
-        ]
-        if missing:
-            chunks.close()
-            raise FileRejected(
-                f"mapped column(s) {', '.join(repr(m) for m in missing)} missing from the "
-                f"header ({', '.join(chunks.columns)}); fix the mapping or ask the vendor"
-            )
+
+    def _threshold(self, path: Path, engine: _Expressions | None, limit: float) -> None:
+        """The whole file's verdict before any row is sent: a first pass counting rejections
+        (the file is local and decrypted), made only when `max_rejected_percent` is set."""
+        first = _MappedStream(self._open(path), self.config, self.context.template, engine)
+        total = filtered = rejected = 0
         try:
-            chunks.check_decodable()
-        except FileRejected:
-            chunks.close()
-            raise
-        return _MappedStream(chunks, c.specs, self.context.template)
+            for chunk in first:
+                total += chunk.total
+                filtered += chunk.filtered
+                rejected += len(chunk.errors)
+        finally:
+            first.close(engine=False)
+        kept = total - filtered
+        percent = 100 * rejected / kept if kept else 0.0
+        if percent > limit:
+            raise FileRejected(
+                f"{rejected} of {kept} rows rejected ({_percent(percent, limit)} %), above "
+                f"max_rejected_percent {limit:g}; nothing was sent"
+            )
+
+
+def _percent(value: float, limit: float) -> str:
+    """`value` rounded, but never shown as equal to the limit it exceeds."""
+    for digits in (1, 2, 4, 8):
+        shown = f"{value:.{digits}f}"
+        if float(shown) > limit:
+            return shown
+    return repr(value)
+
+
+class _Expressions:
+    """The filter and `expr` fields of one file, compiled for its header, and the engine."""
+
+    def __init__(
+        self,
+        engine: _sql.Engine,
+        columns: list[str],
+        condition: str | None,
+        expressions: dict[str, str],
+        used: list[int],
+    ) -> None:
+        self._engine = engine
+        self._columns = columns
+        self.condition = condition
+        self.expressions = expressions
+        self._used = used
+
+    @classmethod
+    def open(cls, config: FieldMappingConfig, columns: list[str]) -> _Expressions | None:
+        """None when the mapping has no filter and no expression (nothing is imported)."""
+        condition, expressions = config.parsed()
+        if condition is None and not expressions:
+            return None
+        named = {"filter": condition} if condition is not None else {}
+        named.update({f"mapping.{f}.expr": p for f, p in expressions.items()})
+        positions: dict[str, int] = {}
+        for where, parsed in named.items():
+            found = _sql.resolve(parsed, columns)
+            if isinstance(found, str):
+                raise FileRejected(f"{where}: {found}; fix the expression or ask the vendor")
+            positions.update(found)
+        compiled = {where: _sql.compile_sql(p, positions) for where, p in named.items()}
+        return cls(
+            _sql.Engine(),
+            columns,
+            compiled.get("filter"),
+            {f: compiled[f"mapping.{f}.expr"] for f in expressions},
+            sorted(set(positions.values())),
+        )
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def _table(self, rows: pd.DataFrame) -> pa.Table:
+        import pyarrow as pa
+
+        return pa.table(
+            {
+                f"c{i}": pa.array(rows[self._columns[i]].str.strip(), type=pa.string())
+                for i in self._used
+            }
+        )
+
+    def keep(self, rows: pd.DataFrame) -> tuple[np.ndarray[Any, Any], list[RowError]]:
+        """Which rows the filter keeps (true), and the rows on which it failed."""
+        import numpy as np
+        import pyarrow.compute as pc
+
+        assert self.condition is not None
+        if not len(rows):
+            return np.ones(0, dtype=bool), []
+        outcome = self._engine.run(self.condition, self._table(rows))
+        keep = pc.fill_null(pc.equal(outcome.values, True), False).to_numpy(zero_copy_only=False)
+        keep = np.array(keep, dtype=bool)
+        lines = rows.index.to_numpy()
+        errors = []
+        for position, message in outcome.failed.items():
+            keep[position] = False
+            errors.append(
+                RowError(
+                    int(lines[position]),
+                    STAGE_TRANSFORM,
+                    f"filter: the condition failed on this row: {message}",
+                )
+            )
+        return keep, errors
+
+    def values(self, rows: pd.DataFrame) -> dict[str, tuple[pd.Series[Any], dict[int, str]]]:
+        """Each `expr` field: its values as text (trimmed; '' for NULL) and, by line, the
+        error of the rows on which it failed."""
+        import pandas as pd
+
+        out: dict[str, tuple[pd.Series[Any], dict[int, str]]] = {}
+        if not self.expressions:
+            return out
+        table = self._table(rows) if len(rows) else None
+        lines = rows.index.to_numpy()
+        for field, sql in self.expressions.items():
+            if table is None:
+                out[field] = (pd.Series([], index=rows.index, dtype="str"), {})
+                continue
+            outcome = self._engine.run(sql, table, as_text=True)
+            text = pd.Series(outcome.values.to_pandas(), dtype="str").fillna("")
+            text.index = rows.index
+            failed = {int(lines[p]): m for p, m in outcome.failed.items()}
+            out[field] = (text.str.strip(), failed)
+        return out
 
 
 class _MappedStream(RowStream):
-    def __init__(self, chunks: CsvChunks, specs: dict[str, FieldSpec], template: Template):
+    def __init__(
+        self,
+        chunks: CsvChunks,
+        config: FieldMappingConfig,
+        template: Template,
+        engine: _Expressions | None,
+    ):
         self._chunks = chunks
         self.columns = chunks.columns
-        self._specs = specs
+        self._specs = config.specs
         self._template = template
+        self._engine = engine
+        self._seen = SeenKeys() if config.duplicates == "reject" else None
+        self._key = key_fields(template)
 
-    def close(self) -> None:
+    def close(self, engine: bool = True) -> None:
         self._chunks.close()
+        if engine and self._engine is not None:
+            self._engine.close()
 
     def __iter__(self) -> Iterator[Chunk]:
         for block in self._chunks:
@@ -252,36 +551,94 @@ class _MappedStream(RowStream):
                 RowError(n, STAGE_TRANSFORM, f"malformed line: {reason}", raw=raw)
                 for n, raw, reason in block.malformed
             ]
-            records, rejected = map_rows(block.rows, self._specs, self._template)
+            rows, filtered = block.rows, block.blank
+            computed: dict[str, tuple[pd.Series[Any], dict[int, str]]] = {}
+            if self._engine is not None:
+                if self._engine.condition is not None:
+                    keep, failed = self._engine.keep(rows)
+                    errors.extend(failed)
+                    filtered += len(rows) - int(keep.sum()) - len(failed)
+                    rows = rows[keep]
+                computed = self._engine.values(rows)
+            records, rejected = map_rows(rows, self._specs, self._template, computed)
             errors.extend(rejected)
+            if self._seen is not None:
+                records, repeated = self._repeats(records)
+                errors.extend(repeated)
             errors.sort(key=lambda e: e.line_no)
-            yield Chunk(source=block.rows, records=records, errors=errors, filtered=block.blank)
+            yield Chunk(source=block.rows, records=records, errors=errors, filtered=filtered)
+
+    def _repeats(self, records: pd.DataFrame) -> tuple[pd.DataFrame, list[RowError]]:
+        """Rows repeating an earlier row's template key: rejected, naming its first line."""
+        import numpy as np
+
+        assert self._seen is not None
+        if not len(records):
+            return records, []
+        lines = records.index.to_numpy(dtype=np.int64)
+        first = self._seen.check(digests(records, self._key), lines)
+        repeated = first != 0
+        if not repeated.any():
+            return records, []
+        fields = ", ".join(self._key)
+        errors = [
+            RowError(
+                int(line),
+                STAGE_TRANSFORM,
+                f"duplicate of line {int(earlier)} (the same {fields}); duplicates: reject",
+            )
+            for line, earlier in zip(lines[repeated], first[repeated], strict=True)
+        ]
+        return records[~repeated], errors
 
 
 def map_rows(
-    source: pd.DataFrame, specs: dict[str, FieldSpec], template: Template
+    source: pd.DataFrame,
+    specs: dict[str, FieldSpec],
+    template: Template,
+    computed: dict[str, tuple[pd.Series[Any], dict[int, str]]] | None = None,
 ) -> tuple[pd.DataFrame, list[RowError]]:
-    """Map and check one chunk. Returns the valid records and the rejected rows."""
+    """Map and check one chunk. Returns the valid records and the rejected rows.
+
+    `computed` holds each `expr` field's values and failures (see `_Expressions.values`)."""
+    import pandas as pd
+
     kinds = template.all_fields
     problems = pd.Series("", index=source.index, dtype="str")
     out: dict[str, Any] = {}
     for field, spec in specs.items():
         kind = kinds[field]
-        if spec.column is not None:
+        skip = pd.Series(False, index=source.index)  # rows already told about this field
+        if spec.expr is not None:
+            if computed is None or field not in computed:
+                raise ValueError(f"{field}: the expression was not evaluated")
+            values, failures = computed[field]
+            if failures:
+                skip = pd.Series(source.index.isin(list(failures)), index=source.index)
+                told = pd.Series(failures, dtype="str").reindex(source.index).fillna("")
+                _note(problems, skip, field + ": the expression failed on this row: " + told)
+        elif spec.column is not None:
             values = source[spec.column].str.strip()
         else:
             values = pd.Series(str(spec.const), index=source.index, dtype="str")
-        empty = values == ""
+        if spec.map is not None:
+            original = values
+            values, unmapped = _apply_map(original, spec)
+            if unmapped.any():
+                shown = original.str.slice(0, 60)
+                _note(problems, unmapped, _unmapped_message(field, spec, shown))
+                skip = skip | unmapped
+        empty = (values == "") & ~skip
         if field in template.fields:
             _note(problems, empty, f"{field}: empty ({spec.described})")
-        control = values.str.contains(_CONTROL, regex=True)
+        control = values.str.contains(_CONTROL, regex=True) & ~skip
         if control.any():
             found = values[control].str.extract(f"({_CONTROL})", expand=False)
             codes = found.map(lambda c: f"U+{ord(c):04X}")
             message = field + ": contains the control character " + codes
             _note(problems, control, message + f" ({spec.described})")
         converted, why = _convert(values, kind, spec)
-        bad = (why != "") & ~empty & ~control
+        bad = (why != "") & ~empty & ~control & ~skip
         if bad.any():
             shown = values[bad].str.slice(0, 60)
             _note(problems, bad, field + ": '" + shown + "' " + why[bad])
@@ -299,7 +656,36 @@ def map_rows(
     return records[ok], rejected
 
 
+def _apply_map(values: pd.Series[Any], spec: FieldSpec) -> tuple[pd.Series[Any], pd.Series[Any]]:
+    """The mapped values ('' where none) and the rows whose value is outside the map with
+    no default (an empty value outside the map stays empty: reported as empty)."""
+    table = spec.lookup()
+    keys = values.str.casefold() if spec.ignore_case else values
+    mapped = keys.map(table)
+    missing = mapped.isna()
+    if spec.default is not None:
+        return mapped.where(~missing, spec.default).astype("str"), missing & False
+    unmapped = missing & (values != "")
+    return mapped.where(~missing, "").astype("str"), unmapped
+
+
+def _unmapped_message(field: str, spec: FieldSpec, shown: pd.Series[Any]) -> Any:
+    assert spec.map is not None
+    keys = list(spec.map)
+    listed = ", ".join(repr(k) for k in keys[:_SHOWN_KEYS])
+    listed += ", ..." if len(keys) > _SHOWN_KEYS else ""
+    case = " (ignoring case)" if spec.ignore_case else ""
+    return (
+        field
+        + ": value '"
+        + shown
+        + f"' of column '{spec.column}' is not in the map{case} ({listed}) and no default is given"
+    )
+
+
 def _note(problems: pd.Series[Any], mask: pd.Series[Any], message: Any) -> None:
+    import pandas as pd
+
     if not mask.any():
         return
     msg = (
@@ -321,6 +707,8 @@ def _why(kind: str) -> str:
 
 def _convert(values: pd.Series[Any], kind: str, spec: FieldSpec) -> tuple[Any, pd.Series[Any]]:
     """Typed values and, per value, why it could not be converted ("" where it could)."""
+    import pandas as pd
+
     if kind in DATE_KINDS:
         return parse_dates(values, spec.formats, spec.timezone)
     if kind == "customer_id":
@@ -345,6 +733,8 @@ def parse_dates(
 ) -> tuple[pd.Series[Any], pd.Series[Any]]:
     """Parse with each format in turn: millisecond UTC timestamps (NaT where none fits) and,
     per value, why it did not parse ("" where it did, and for empty values)."""
+    import pandas as pd
+
     result = pd.Series(pd.NaT, index=values.index, dtype=_DATE_DTYPE)
     outcome = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
     for fmt in formats:
@@ -368,6 +758,8 @@ def parse_dates(
 
 def _parse_one(values: Any, fmt: str, timezone: str) -> tuple[Any, Any]:
     """One format: the parsed instants (NaT where not) and each value's outcome code."""
+    import pandas as pd
+
     if fmt in ("epoch", "epoch_ms"):
         return _parse_epoch(values, 1000 if fmt == "epoch" else 1)
     naive, aware = _parse_text(values, fmt)
@@ -375,13 +767,16 @@ def _parse_one(values: Any, fmt: str, timezone: str) -> tuple[Any, Any]:
     instant = aware.where(aware.notna(), local)
     codes = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
     codes[naive.notna() & local.isna()] = _GAP
-    in_range = (instant >= _DATE_MIN) & (instant <= _DATE_MAX)
+    low, high = _date_bounds()
+    in_range = (instant >= low) & (instant <= high)
     codes[instant.notna() & ~in_range] = _RANGE
     codes[in_range] = _OK
     return instant.where(in_range), codes
 
 
 def _parse_epoch(values: Any, ms_per_unit: int) -> tuple[Any, Any]:
+    import pandas as pd
+
     number = values.str.fullmatch(r"\+?-?[0-9]{1,30}(?:\.[0-9]*)?")
     ms = pd.to_numeric(values.where(number), errors="coerce") * ms_per_unit
     in_range = number & (ms >= 0) & (ms <= _DATE_MAX_MS)
@@ -413,6 +808,8 @@ def _parse_text(values: Any, fmt: str) -> tuple[Any, Any]:
 
 
 def _parse_text_pandas(values: Any, fmt: str) -> tuple[Any, Any, bool]:
+    import pandas as pd
+
     if fmt == "iso8601":
         has_offset = values.str.contains(_ISO_OFFSET, regex=True)
         aware = pd.to_datetime(
@@ -454,6 +851,8 @@ def _parse_text_python(values: Any, fmt: str) -> tuple[Any, Any]:
 
 
 def _series(found: dict[Any, datetime], index: pd.Index[Any]) -> pd.Series[Any]:
+    import pandas as pd
+
     out = pd.Series(pd.NaT, index=index, dtype="datetime64[ms]")
     if found:
         out.loc[list(found)] = pd.Series(list(found.values()), dtype="datetime64[ms]").to_numpy()
@@ -463,6 +862,9 @@ def _series(found: dict[Any, datetime], index: pd.Index[Any]) -> pd.Series[Any]:
 def _localize(naive: Any, timezone: str) -> Any:
     """Local wall times to UTC. A time skipped by a DST change is NaT; a repeated one (the
     autumn hour that happens twice) is its first occurrence, the earlier instant."""
+    import numpy as np
+    import pandas as pd
+
     if not naive.notna().any():
         return pd.Series(pd.NaT, index=naive.index, dtype=_DATE_DTYPE)
     n = len(naive)

@@ -9,8 +9,10 @@ exception). Chunks are bounded in size, so memory does not grow with the file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # the engine core loads without pandas (`dataflow validate` stays light)
+    import pandas as pd
 
 STAGE_TRANSFORM = "transform"
 STAGE_DESTINATION = "destination"
