@@ -7,6 +7,9 @@ Example::
       enabled: true
       private_key: ${file:secrets/acme-private.asc}   # armored, or base64 of armored
       passphrase: ${ACME_PGP_PASSPHRASE}
+      # optional, each the vendor's public key (armored, base64 of armored, or ${file:...}):
+      # encrypt_outputs_to: ${file:secrets/acme-vendor-public.asc}
+      # require_signature_from: ${file:secrets/acme-vendor-public.asc}
 
 Each run gets its own throwaway GnuPG home (mode 700, a short path under /tmp because of the
 agent's socket-path limit) with the agent's passphrase cache switched off, so a wrong
@@ -14,7 +17,21 @@ passphrase is never rescued by a cached right one; the agent is killed and the h
 when the run ends. gpg writes into a temporary file that is deleted when decryption fails
 (gpg leaves partial plaintext behind on corrupt or truncated input), so no partial plaintext
 is ever processed. A signature on the file is not required; when present and made by a key
-we do not hold, the file is still decrypted (integrity is guaranteed by the MDC check).
+we do not hold, the file is still decrypted (integrity is guaranteed by the MDC check); a
+signature gpg can check (by a key it holds) and that does not verify makes the file a failure.
+
+`encrypt_outputs_to` (the vendor's public key: armored, base64 of armored, or ``${file:...}``;
+checked at load time): every file written back to the server (the error file, a result file)
+is encrypted to that key in the private workdir, then uploaded (atomically, as always) with
+``.gpg`` added to its name, e.g. ``result_20261116093000_badges.csv.gpg``; no plaintext copy
+reaches the server. A key gpg cannot encrypt to (expired, revoked, sign-only) stops the run at
+the start, before any file is touched.
+
+`require_signature_from` (a public key, same forms): a file is processed only if a signature
+on it by that key (its primary key or a subkey, matched by the fingerprint of gpg's VALIDSIG
+status line; the web of trust plays no part) verifies. Otherwise it is a file-level failure,
+with the reason: "the file is not signed", "the file is signed by key X, not by the required
+key Y", "the signature does not verify", or the required key is expired or revoked.
 
 Whose fault, read from gpg's status lines:
 
@@ -34,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import os
 import shutil
@@ -43,7 +61,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import gnupg
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from dataflow.block import BlockConfig, FileStep
 from dataflow.errors import FatalError, FileRejected
@@ -58,6 +76,29 @@ class PgpDecryptConfig(BlockConfig):
     type: Literal["pgp_decrypt"] = "pgp_decrypt"
     private_key: SecretStr
     passphrase: SecretStr | None = None
+    encrypt_outputs_to: str | None = Field(
+        default=None,
+        description=(
+            "the vendor's PGP public key (armored, base64 of armored, or ${file:PATH}): every "
+            "file written back to the server (the error file, the result file) is encrypted "
+            "to it and its name gains .gpg; no plaintext copy reaches the server"
+        ),
+    )
+    require_signature_from: str | None = Field(
+        default=None,
+        description=(
+            "the vendor's PGP public key (armored, base64 of armored, or ${file:PATH}): a "
+            "file not signed by this key (unsigned, signed by another key, or a signature "
+            "that does not verify) is a file-level failure and goes to the error directory"
+        ),
+    )
+
+    @field_validator("encrypt_outputs_to", "require_signature_from")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        if value is not None:
+            armored_public_key(value)
+        return value
 
     @field_validator("private_key")
     @classmethod
@@ -87,6 +128,49 @@ def armored_key(text: str) -> str:
     if "-----BEGIN PGP PUBLIC KEY BLOCK-----" in text + decoded:
         raise ValueError("this is a public key; decryption needs the private key")
     raise ValueError("not an armored PGP private key (nor base64 of one)")
+
+
+_PUBLIC_BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
+_PRIVATE_BEGIN = "-----BEGIN PGP PRIVATE KEY BLOCK-----"
+_PUBLIC_KEY_PACKET = 6
+
+
+def armored_public_key(text: str) -> str:
+    """The armored public key from armored text or its base64. Raises ValueError."""
+    text = text.strip()
+    candidates = [text]
+    with contextlib.suppress(binascii.Error, UnicodeDecodeError):
+        candidates.append(base64.b64decode(text, validate=False).decode("utf-8").strip())
+    for candidate in candidates:
+        if _PUBLIC_BEGIN in candidate:
+            if _first_packet(candidate) != _PUBLIC_KEY_PACKET:
+                raise ValueError("the PGP public key block does not start with a public key")
+            return candidate
+        if _PRIVATE_BEGIN in candidate:
+            raise ValueError(
+                "this is a private key; give the vendor's public key (gpg --armor --export)"
+            )
+    raise ValueError("not an armored PGP public key (nor base64 of one)")
+
+
+def _first_packet(armored: str) -> int:
+    """The tag of the first OpenPGP packet of an armored block. Raises ValueError."""
+    lines = [ln.strip() for ln in armored[armored.index(_PUBLIC_BEGIN) :].splitlines()[1:]]
+    if "-----END PGP PUBLIC KEY BLOCK-----" not in lines:
+        raise ValueError("the PGP public key block has no END line (is it cut short?)")
+    lines = lines[: lines.index("-----END PGP PUBLIC KEY BLOCK-----")]
+    if "" in lines:  # armor headers ("Comment: ...") end at the first blank line
+        lines = lines[lines.index("") + 1 :]
+    body = "".join(ln for ln in lines if not ln.startswith("="))
+    try:
+        data = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise ValueError(
+            "the PGP public key block is damaged (its base64 does not decode)"
+        ) from None
+    if not data or not data[0] & 0x80:
+        raise ValueError("the PGP public key block holds no OpenPGP packets")
+    return data[0] & 0x3F if data[0] & 0x40 else (data[0] >> 2) & 0x0F
 
 
 # error codes (low 16 bits of gpg's ERROR lines) that mean *our* key could not be used
@@ -146,8 +230,53 @@ def our_key_problem(stderr: str, passphrase_given: bool = True) -> str | None:
     return None
 
 
+BAD_SIGNATURE = (
+    "the signature does not verify: the file was changed after it was signed, or the "
+    "signature is damaged; ask the vendor to resend it"
+)
+
+
+def signature_problem(stderr: str, required: set[str], shown: str) -> str | None:
+    """Why a decrypted file's signature does not satisfy `require_signature_from`, from gpg's
+    status lines; None when a signature by a key in `required` (fingerprints of the primary
+    key and its subkeys; `shown` names it) verifies. The web of trust plays no part."""
+    if not any(_status(stderr, k) for k in ("NEWSIG", "GOODSIG", "BADSIG", "ERRSIG")):
+        return (
+            f"the file is not signed, but require_signature_from asks for a signature by key "
+            f"{shown}; ask the vendor to sign it (gpg --sign --encrypt)"
+        )
+    if _status(stderr, "BADSIG"):
+        return BAD_SIGNATURE
+    signers = []
+    for line in _status(stderr, "VALIDSIG"):
+        fields = line.split()
+        if set(fields[:1] + fields[9:10]) & required:
+            return _signing_key_state(stderr, shown)
+        signers += fields[:1]
+    for line in _status(stderr, "ERRSIG"):  # a signer we do not hold: not the required key
+        fields = line.split()
+        fpr = fields[6] if len(fields) > 6 and fields[6] != "-" else ""
+        signers.append(fpr or (fields[0] if fields else "?"))
+    if not signers:
+        return f"the signature could not be checked (gpg: {_last_error(stderr)})"
+    return f"the file is signed by key {', '.join(signers)}, not by the required key {shown}"
+
+
+def _signing_key_state(stderr: str, shown: str) -> str | None:
+    """A good signature by the required key: still refused if that key expired or was revoked."""
+    if _status(stderr, "REVKEYSIG"):
+        return f"the file is signed by the required key {shown}, but that key is revoked"
+    if _status(stderr, "EXPKEYSIG"):
+        return f"the file is signed by the required key {shown}, but that key has expired"
+    if _status(stderr, "EXPSIG"):
+        return f"the file's signature by key {shown} has expired"
+    return None
+
+
 def classify_failure(stderr: str) -> str:
     """A plain reason, from gpg's status lines, why *this file* could not be decrypted."""
+    if _status(stderr, "BADSIG"):
+        return BAD_SIGNATURE
     encrypted_to = _status(stderr, "ENC_TO")
     if not encrypted_to and _status(stderr, "NEED_PASSPHRASE_SYM"):
         return (
@@ -246,6 +375,10 @@ class PgpDecrypt(FileStep):
         super().__init__(config, context)
         self._home: str | None = None
         self._gpg: gnupg.GPG | None = None
+        self._recipients: list[str] = []  # encrypt_outputs_to's primary fingerprints
+        self._signers: set[str] = set()  # require_signature_from's primary and subkey fprs
+        self._signer_shown = ""
+        self.unchecked: str | None = None  # why open() could not check the passphrase
 
     @classmethod
     def remove_leftovers(cls) -> None:
@@ -279,6 +412,41 @@ class PgpDecrypt(FileStep):
             )
         self._gpg = gpg
         self._check_key_unlocks(gpg, [str(f) for f in result.fingerprints])
+        if self.config.require_signature_from is not None:
+            primary = self._import_public(gpg, "require_signature_from")
+            self._signers = set(primary) | _subkey_fingerprints(gpg, primary)
+            self._signer_shown = ", ".join(primary)
+        if self.config.encrypt_outputs_to is not None:
+            self._recipients = self._import_public(gpg, "encrypt_outputs_to")
+            self._check_can_encrypt(gpg)
+
+    def _import_public(self, gpg: gnupg.GPG, key: str) -> list[str]:
+        """Import the public key of setting `key`; its primary fingerprints."""
+        text = armored_public_key(str(getattr(self.config, key)))
+        try:
+            result = gpg.import_keys(text)
+        except (OSError, ValueError) as exc:
+            raise self._fatal(f"cannot run gpg to import {key}: {exc}") from exc
+        fingerprints = [str(f) for f in result.fingerprints if f]
+        if not fingerprints:
+            raise self._fatal(
+                f"{key} could not be imported into gpg (gpg: {_last_error(result.stderr or '')}"
+                "); give the vendor's armored public key (gpg --armor --export)"
+            )
+        return list(dict.fromkeys(fingerprints))
+
+    def _check_can_encrypt(self, gpg: gnupg.GPG) -> None:
+        """Encrypt a few bytes to encrypt_outputs_to: a key gpg will not encrypt to (expired,
+        revoked, no encryption subkey) stops the run before any file is touched."""
+        result = gpg.encrypt(
+            _PROBE, self._recipients, always_trust=True, armor=False, extra_args=_GPG_ARGS
+        )
+        if not result.ok:
+            raise self._fatal(
+                f"gpg cannot encrypt to encrypt_outputs_to ({', '.join(self._recipients)}): "
+                f"{_last_error(result.stderr or '')}; is the key expired or revoked, or without "
+                "an encryption subkey? (checked before any file; every file was left in place)"
+            )
 
     def _check_key_unlocks(self, gpg: gnupg.GPG, fingerprints: list[str]) -> None:
         """Encrypt a few bytes to our own key and decrypt them: a bad passphrase stops the
@@ -286,6 +454,7 @@ class PgpDecrypt(FileStep):
         left to the files' decryption, which classifies the same failures."""
         encrypted = gpg.encrypt(_PROBE, fingerprints, always_trust=True, armor=False)
         if not encrypted.ok:
+            self.unchecked = f"gpg will not encrypt to the key ({encrypted.status})"
             log.info(
                 "%s: could not check the passphrase in advance (%s); the first file will",
                 self.config.name,
@@ -313,6 +482,36 @@ class PgpDecrypt(FileStep):
         self._home = None
         self._gpg = None
 
+    def protect_output(self, local: Path, name: str, workdir: Path) -> tuple[Path, str]:
+        """With `encrypt_outputs_to`: `local` encrypted to the vendor's key, in `workdir`,
+        named `name` + ``.gpg``; the plaintext stays in the private workdir."""
+        if not self._recipients:
+            return local, name
+        if self._gpg is None:
+            raise FatalError("pgp_decrypt used before open()")
+        out = workdir / f"{local.name}.gpg"
+        try:
+            result = self._gpg.encrypt_file(
+                str(local),
+                self._recipients,
+                always_trust=True,
+                armor=False,
+                output=str(out),
+                extra_args=_GPG_ARGS,
+            )
+        except (OSError, ValueError) as exc:
+            out.unlink(missing_ok=True)
+            raise self._fatal(f"cannot run gpg to encrypt {name}: {exc}") from exc
+        if not result.ok or not out.is_file():
+            out.unlink(missing_ok=True)
+            stderr = result.stderr or ""
+            why = local_problem(stderr) or _last_error(stderr)
+            raise self._fatal(
+                f"encrypting {name} to encrypt_outputs_to failed: {why}; nothing was uploaded "
+                "and the file is kept for the next run"
+            )
+        return out, f"{name}.gpg"
+
     def apply(self, path: Path, workdir: Path) -> Path:
         """Decrypt `path` into `workdir`. A problem of ours (passphrase, disk, gpg itself) is
         a FatalError that keeps the file; only a problem of the file is a FileRejected."""
@@ -336,7 +535,12 @@ class PgpDecrypt(FileStep):
         if not _decrypted(result, stderr):
             out.unlink(missing_ok=True)  # gpg leaves partial plaintext behind
             raise self._failure(path, workdir, stderr)
-        if result.returncode != 0:
+        if self._signers:
+            problem = signature_problem(stderr, self._signers, self._signer_shown)
+            if problem is not None:
+                out.unlink(missing_ok=True)
+                raise FileRejected(problem)
+        elif result.returncode != 0:
             log.warning(
                 "%s: signature not verified (signer's key unknown); decrypted anyway", path.name
             )
@@ -354,6 +558,16 @@ class PgpDecrypt(FileStep):
         if ours is not None:
             return self._fatal(ours)
         return FileRejected(classify_failure(stderr))
+
+
+def _subkey_fingerprints(gpg: gnupg.GPG, primary: list[str]) -> set[str]:
+    """The fingerprints of the subkeys of keys `primary` (a signature may be by a subkey)."""
+    found: set[str] = set()
+    for key in gpg.list_keys(keys=primary):
+        for subkey in key.get("subkeys", []):
+            if len(subkey) > 2 and subkey[2]:
+                found.add(str(subkey[2]))
+    return found
 
 
 def _decrypted(result: Any, stderr: str) -> bool:

@@ -14,7 +14,9 @@ Example::
       search_recursively: false
       processed_directory: /processed
       error_directory: /errors
-      unzip_files: false
+      unzip_files: true                        # unpack a zip or gzip after decryption
+      zip_member: 'badges_.*\\.csv'             # which file of a zip holding several
+      max_expansion_ratio: 200                 # refuse a decompression bomb
       ok_file: false                           # true: take X only once X.ok exists
       min_file_age_seconds: 30
 
@@ -23,6 +25,17 @@ that text (the form Connect+ stores), or ``${file:PATH}``. Host keys are checked
 `known_hosts` (``[host]:port`` entries for ports other than 22, as ``ssh-keyscan -p`` writes);
 there is no option to skip the check. Uploads and moves never overwrite: a taken name gets a
 ``.<YYYYMMDDHHMMSS>`` suffix, and uploads are written under a hidden temporary name first.
+
+`unzip_files: true` unpacks the file after decryption, streaming file to file: a zip (known by
+its content) gives its one file, and a gzip file (``.gz``, e.g. ``badges.csv.gz.gpg``; also
+several concatenated gzip members) its content; any other file is read as it is. A zip holding
+several files is a file-level failure naming them, unless `zip_member` (a regular expression,
+full match on the member's path in the zip or on its base name) picks exactly one; matching none
+or several is a failure too. File-level failures as well: a zip entry whose path is absolute or
+climbs out (``../x``, zip-slip, checked on every entry), a password-protected or damaged zip, a
+truncated gzip, and a decompression bomb: a member or gzip file that unpacks to more than
+`max_expansion_ratio` (default 200) times its compressed size and more than 1 MiB. The error
+file's name drops ``.gz`` as it drops ``.gpg`` and ``.zip``.
 
 `neutralize_formulas` (default true): in the error file written back here, a value that would
 open as a spreadsheet formula (first character ``=``, ``+``, ``-``, ``@``, tab or CR, and not
@@ -35,9 +48,11 @@ Faults, in this block's own words (no library message or traceback reaches the u
   the beginning, an upload rewrites its temporary name. If that fails too the run stops and
   every file stays in `source_directory`; a temporary upload left by a lost connection is
   hidden (``.dataflow-...``), never listed, and replaced when the file is resumed.
-- before the first file is taken (not in a dry run), a probe file is written and removed in
-  `processed_directory` and `error_directory`: a directory the user cannot write stops the
-  run there, before anything is sent, naming the directory.
+- before the first file is taken (not in a dry run), a probe file is written, renamed and
+  removed in `processed_directory` and `error_directory`: a directory the user cannot write
+  stops the run there, before anything is sent, naming the directory. ``dataflow check`` runs
+  the same probes (`probe_directory`), and also moves a probe out of `source_directory`
+  (`probe_move`), without waiting for a file.
 - a file the server will not let us read (permissions) is skipped with a warning: it stays
   where it is, is reported as a failure, and the next files go on.
 - a full local disk while downloading stops the run (the file is kept); a full server disk
@@ -49,6 +64,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gzip
 import hashlib
 import io
 import logging
@@ -60,9 +76,11 @@ import threading
 import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import IO, Any, BinaryIO, Literal, TypeVar
 
 import paramiko
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -124,17 +142,38 @@ class SftpReadConfig(BlockConfig):
     search_recursively: bool = False
     processed_directory: str
     error_directory: str
-    unzip_files: bool = False
+    unzip_files: bool = Field(
+        default=False,
+        description=(
+            "unpack the file after decryption: a zip (its one file, or the one zip_member "
+            "picks) or a gzip file (.gz), recognised by their content"
+        ),
+    )
+    zip_member: str | None = Field(
+        default=None,
+        description=(
+            "a regular expression (full match on the member's path in the zip, or its base "
+            "name) that picks the one file to read from a zip holding several"
+        ),
+    )
+    max_expansion_ratio: int = Field(
+        default=200,
+        ge=1,
+        description=(
+            "a zip member or gzip file that unpacks to more than this many times its "
+            "compressed size (and more than 1 MiB) is refused as a decompression bomb"
+        ),
+    )
     ok_file: bool = False
     min_file_age_seconds: int = Field(default=0, ge=0)
     timeout_seconds: float = Field(default=30, gt=0)
     neutralize_formulas: bool = True
 
-    @field_validator("filename_pattern")
+    @field_validator("filename_pattern", "zip_member")
     @classmethod
-    def _regex(cls, value: str) -> str:
+    def _regex(cls, value: str | None) -> str | None:
         try:
-            re.compile(value)
+            re.compile(value or "")
         except re.error as exc:
             raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
@@ -145,6 +184,12 @@ class SftpReadConfig(BlockConfig):
         if not value.startswith("/"):
             raise ValueError(f"must be an absolute path on the server, got {value!r}")
         return value.rstrip("/") or "/"
+
+    @model_validator(mode="after")
+    def _zip_member_needs_unzip(self) -> SftpReadConfig:
+        if self.zip_member is not None and not self.unzip_files:
+            raise ValueError("zip_member picks a file inside a zip: it needs unzip_files: true")
+        return self
 
     @model_validator(mode="after")
     def _credentials(self) -> SftpReadConfig:
@@ -227,6 +272,62 @@ def describe(exc: BaseException, timeout: float) -> str:
     return getattr(exc, "strerror", None) or text or type(exc).__name__
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+MIN_EXPANSION_BOUND = 1 << 20  # a file may always unpack to 1 MiB, whatever its ratio
+UNPACK_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Expansion:
+    """How far an archive may unpack before it is refused as a decompression bomb."""
+
+    what: str
+    compressed: int
+    ratio: int
+    bound: int
+
+    def refusal(self, size: int | None = None) -> str:
+        size_text = f"{size} bytes" if size is not None else f"more than {self.bound} bytes"
+        return (
+            f"the {self.what} unpacks to {size_text} from {self.compressed} bytes, more than "
+            f"max_expansion_ratio ({self.ratio}x): refused as a possible decompression bomb; "
+            "raise max_expansion_ratio if the file is genuine"
+        )
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(len(magic)) == magic
+
+
+def _escapes(name: str) -> bool:
+    """An archive entry path that is absolute or climbs out of its directory."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or bool(re.match(r"[A-Za-z]:", name))
+
+
+def _names(entries: list[zipfile.ZipInfo], shown: int = 10) -> str:
+    names = [e.filename for e in entries[:shown]]
+    more = f" and {len(entries) - shown} more" if len(entries) > shown else ""
+    return ", ".join(names) + more
+
+
+def _copy_bounded(src: IO[bytes] | gzip.GzipFile, out: Path, limit: _Expansion) -> None:
+    """Stream `src` into `out`, refusing (FileRejected) past `limit.bound` bytes."""
+    written = 0
+    try:
+        with out.open("wb") as dst:
+            while block := src.read(UNPACK_BLOCK):
+                written += len(block)
+                if written > limit.bound:
+                    raise FileRejected(limit.refusal())
+                dst.write(block)
+    except OSError as exc:
+        if isinstance(exc, gzip.BadGzipFile):
+            raise
+        raise local_write_error(out, exc, f"the unpacked {limit.what}") from exc
+
+
 class SftpRead(Source):
     Config = SftpReadConfig
     config: SftpReadConfig
@@ -300,9 +401,10 @@ class SftpRead(Source):
             c = self.config
             port = f" -p {c.port}" if c.port != 22 else ""
             raise FatalError(
-                f"host key of {self._host_id()} is unknown: no entry in {path}. Verify the "
-                f"server's fingerprint with the vendor, then add it: ssh-keyscan{port} "
-                f"{c.hostname} >> {path}"
+                f"host key of {self._host_id()} is unknown: no entry in {path}. Fetch it with "
+                f"'ssh-keyscan{port} {c.hostname} > host.keys', show its fingerprints with "
+                "'ssh-keygen -lf host.keys', compare them with the fingerprint the vendor gives "
+                f"you (by another channel), and only if they match: 'cat host.keys >> {path}'"
             )
         return {name: entry[name] for name in entry}
 
@@ -431,31 +533,102 @@ class SftpRead(Source):
                 self._check_writable(key)
         return found
 
-    def _check_writable(self, key: str) -> None:
-        """Write and remove a probe file, so that a directory refusing writes stops the run
-        before anything is sent rather than after."""
+    def _check_writable(self, key: str, after: str | None = None) -> None:
+        """Write, rename and remove a probe file, so that a directory refusing writes or
+        renames stops the run before anything is sent rather than after. `after` ends the
+        message of a failure (default: what the run did about it)."""
         c = self.config
         directory = str(getattr(c, key))
         probe = posixpath.join(directory, f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.tmp")
+        renamed = probe[: -len(".tmp")] + ".renamed.tmp"
 
         def write_probe() -> None:
             self._ensure_dir(directory)
             with self.sftp.open(probe, "wb"):
                 pass
-            self.sftp.remove(probe)
+            self.sftp.rename(probe, renamed)  # as error files are: a temp name, then renamed
+            self.sftp.remove(renamed)
 
         try:
             self._retrying("write test in", directory, write_probe)
         except FatalError as exc:
             self._remove_quietly(probe)
+            self._remove_quietly(renamed)
             if exc.__cause__ is None or connection_lost(exc.__cause__):
                 raise
+            if after is None:
+                after = f"nothing was sent and every file stays in {c.source_directory}"
             raise FatalError(
                 f"the SFTP user {c.username} cannot write to {key} {directory} on {self.where} "
                 f"({describe(exc.__cause__, c.timeout_seconds)}): make it writable by "
-                f"{c.username}, or set {key} to a directory that is; nothing was sent and every "
-                f"file stays in {c.source_directory}"
+                f"{c.username} (create, rename and delete files), or set {key} to a directory "
+                f"that is; {after}"
             ) from exc
+
+    # -- pre-flight (dataflow check) ----------------------------------------------------------
+
+    def count_ready(self) -> int:
+        """For ``dataflow check``: how many files `list_files` would take now (no probes)."""
+        dry_run, self.context.dry_run = self.context.dry_run, True
+        try:
+            return len(self.list_files())
+        finally:
+            self.context.dry_run = dry_run
+
+    def probe_directory(self, key: str) -> None:
+        """For ``dataflow check``: the run's write test of `key`'s directory (a probe file
+        written, renamed and removed). A directory that does not exist is created, as a run
+        would, and removed again afterwards, so nothing stays. Raises FatalError."""
+        created = self._missing(str(getattr(self.config, key)))
+        try:
+            self._check_writable(key, after="nothing was changed")
+        finally:
+            self._remove_dirs(created)
+
+    def probe_move(self) -> None:
+        """For ``dataflow check``: a probe file written in `source_directory`, moved into
+        `processed_directory` (as every processed file is) and removed. Raises FatalError."""
+        c = self.config
+        name = f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}.tmp"
+        probe = posixpath.join(c.source_directory, name)
+        moved = posixpath.join(c.processed_directory, name)
+        created = self._missing(c.processed_directory)
+        step = f"a probe file in source_directory {c.source_directory}"
+        try:
+            self._ensure_dir(c.processed_directory)
+            with self.sftp.open(probe, "wb"):
+                pass
+            step = f"the move of {probe} to processed_directory {c.processed_directory}"
+            self.sftp.rename(probe, moved)
+            step = f"the removal of {moved}"
+            self.sftp.remove(moved)
+        except FatalError:
+            raise
+        except Exception as exc:
+            reason = describe(exc, c.timeout_seconds)
+            raise FatalError(
+                f"the SFTP user {c.username} cannot move files out of source_directory "
+                f"{c.source_directory} on {self.where}: {step} failed ({reason}); every "
+                f"processed file is moved from there, so ask the vendor to let {c.username} "
+                f"create, rename and delete files in {c.source_directory}"
+            ) from exc
+        finally:
+            self._remove_quietly(probe)
+            self._remove_quietly(moved)
+            self._remove_dirs(created)
+
+    def _missing(self, directory: str) -> list[str]:
+        """`directory` and those of its parents that do not exist, deepest first."""
+        missing: list[str] = []
+        while directory not in ("", "/") and not self._exists(directory):
+            missing.append(directory)
+            directory = posixpath.dirname(directory)
+        return missing
+
+    def _remove_dirs(self, directories: list[str]) -> None:
+        for directory in directories:  # deepest first
+            with contextlib.suppress(Exception):
+                self.sftp.rmdir(directory)
 
     def _walk(self, directory: str, out: list[tuple[str, paramiko.SFTPAttributes]]) -> None:
         c = self.config
@@ -500,30 +673,107 @@ class SftpRead(Source):
             writer = _HashingWriter(fh)
             remote.prefetch(remote.stat().st_size)
             size = 0
-            while data := remote.read(CHUNK):
+            while True:  # the empty read at the end is written too: a crash point after the last
+                data = remote.read(CHUNK)  # block, before the download is reported done
                 writer.write(data)
                 size += len(data)
+                if not data:
+                    break
         return writer, size
 
     def prepare(self, path: Path, workdir: Path) -> Path:
-        """Unzip when `unzip_files` is on and the file is a zip holding one file."""
-        if not (self.config.unzip_files and zipfile.is_zipfile(path)):
+        """With `unzip_files`: a zip's one file (or the one `zip_member` picks), or a gzip
+        file's content, streamed file to file; anything else is left as it is."""
+        if not self.config.unzip_files:
             return path
-        try:
-            with zipfile.ZipFile(path) as archive:
-                members = [m for m in archive.infolist() if not m.is_dir()]
-                if len(members) != 1:
-                    raise FileRejected(
-                        f"the zip archive holds {len(members)} files; exactly one is expected"
-                    )
-                out = workdir / "unzipped"
-                with archive.open(members[0]) as src, out.open("wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
-        except (zipfile.BadZipFile, OSError, RuntimeError) as exc:
-            raise FileRejected(f"cannot unzip: {exc}") from exc
+        if zipfile.is_zipfile(path):
+            out = self._unzip(path, workdir / "unzipped")
+        elif _starts_with(path, GZIP_MAGIC):
+            out = self._gunzip(path, workdir / "gunzipped")
+        else:
+            return path
         path.unlink()
         return out
+
+    def _unzip(self, path: Path, out: Path) -> Path:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                member = self._zip_member(archive.infolist())
+                limit = self._expansion_limit(member.compress_size, "zip member")
+                if member.file_size > limit.bound:
+                    raise FileRejected(limit.refusal(member.file_size))
+                with archive.open(member) as src:
+                    _copy_bounded(src, out, limit)
+        except FileRejected:
+            out.unlink(missing_ok=True)
+            raise
+        except RuntimeError as exc:  # zipfile: "File ... is encrypted, password required"
+            out.unlink(missing_ok=True)
+            raise FileRejected(
+                "cannot unzip: the zip is password-protected; ask the vendor for an "
+                "unprotected zip (the file itself is protected by PGP)"
+            ) from exc
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            out.unlink(missing_ok=True)
+            raise FileRejected(f"cannot unzip: the zip is damaged or unsupported ({exc})") from exc
+        return out
+
+    def _zip_member(self, entries: list[zipfile.ZipInfo]) -> zipfile.ZipInfo:
+        """The one member to read; FileRejected for zip-slip paths or an ambiguous choice."""
+        for entry in entries:
+            if _escapes(entry.filename):
+                raise FileRejected(
+                    f"the zip holds an entry whose path leaves its directory "
+                    f"({entry.filename!r}): refused (zip-slip)"
+                )
+        files = [e for e in entries if not e.is_dir()]
+        pattern = self.config.zip_member
+        if pattern is None:
+            if len(files) == 1:
+                return files[0]
+            if not files:
+                raise FileRejected("the zip holds no file")
+            raise FileRejected(
+                f"the zip holds {len(files)} files ({_names(files)}); set zip_member: "
+                "'<pattern>' to pick one"
+            )
+        regex = re.compile(pattern)
+        picked = [
+            e
+            for e in files
+            if regex.fullmatch(e.filename) or regex.fullmatch(posixpath.basename(e.filename))
+        ]
+        if len(picked) == 1:
+            return picked[0]
+        if not picked:
+            raise FileRejected(
+                f"no file in the zip matches zip_member '{pattern}'; it holds {len(files)} "
+                f"file(s): {_names(files) or 'none'}"
+            )
+        raise FileRejected(
+            f"{len(picked)} files in the zip match zip_member '{pattern}' ({_names(picked)}); "
+            "exactly one must: make the pattern narrower"
+        )
+
+    def _gunzip(self, path: Path, out: Path) -> Path:
+        limit = self._expansion_limit(path.stat().st_size, "gzip file")
+        try:
+            with gzip.open(path, "rb") as src:
+                _copy_bounded(src, out, limit)
+        except FileRejected:
+            out.unlink(missing_ok=True)
+            raise
+        except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+            out.unlink(missing_ok=True)
+            raise FileRejected(
+                f"cannot gunzip: the file is not valid gzip data or is truncated ({exc}); ask "
+                "the vendor to resend it"
+            ) from exc
+        return out
+
+    def _expansion_limit(self, compressed: int, what: str) -> _Expansion:
+        ratio = self.config.max_expansion_ratio
+        return _Expansion(what, compressed, ratio, max(ratio * compressed, MIN_EXPANSION_BOUND))
 
     def upload_error_file(self, local: Path, name: str, key: str, resumed: bool = False) -> str:
         """Upload under ``.dataflow-<key>.tmp``, then rename to `name` (never overwriting).

@@ -8,6 +8,7 @@ and at most one Trigger (when it runs by itself; without one it runs only on dem
     Source.list_files() -> [RemoteFile]        (one file is the unit of work)
     Source.download(file, path) -> sha256
     FileStep.apply(path, workdir) -> path      (decrypt, ...; raises FileRejected)
+    FileStep.protect_output(local, name, workdir) -> (local, name)   (before each upload)
     Transform.read(path) -> RowStream          (chunks of rows; bad rows are values)
     Template.build_requests(chunk) -> [Request]
     Sink.send(requests, on_result)             (async; one RecordResult per source line)
@@ -133,6 +134,15 @@ class FileStep(Block):
     @abc.abstractmethod
     def apply(self, path: Path, workdir: Path) -> Path:
         """Turn one local file into another (decrypt, ...). Raise FileRejected on failure."""
+
+    def protect_output(self, local: Path, name: str, workdir: Path) -> tuple[Path, str]:
+        """The file to upload, and its name, for `local` about to be written back to the
+        server as `name` (an error or result file). The pipeline calls it for every step, in
+        order, before each upload; a step may encrypt it (writing the ciphertext into
+        `workdir`, the file's private directory) and rename it. It must be deterministic in
+        `name` (a resumed upload asks again). Default: unchanged. Raise FatalError when it
+        cannot: nothing is uploaded then."""
+        return local, name
 
 
 class RowStream(abc.ABC):

@@ -32,11 +32,11 @@ PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def error_file_name(original: str, stamp: str) -> str:
-    """``result_<stamp>_<name>`` with .gpg/.pgp/.asc/.zip removed from the end."""
+    """``result_<stamp>_<name>`` with .gpg/.pgp/.asc/.zip/.gz removed from the end."""
     name = original
     while True:
         lower = name.lower()
-        for suffix in (".gpg", ".pgp", ".asc", ".zip"):
+        for suffix in (".gpg", ".pgp", ".asc", ".zip", ".gz"):
             if lower.endswith(suffix) and len(name) > len(suffix):
                 name = name[: -len(suffix)]
                 break

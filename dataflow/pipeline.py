@@ -7,6 +7,12 @@ always satisfy ``total = filtered + rejected + sent`` and ``sent = succeeded + f
 file is finished (error file uploaded, then the original moved) only when every row is
 resolved. A `FileRejected` sends the original to the error directory with a one-row error
 file; a `FatalError` leaves it where it is for the next run.
+
+A file whose content this dataflow already completed is a `duplicate`, unless the chain is
+forced (``run --force``): then it is a new send of that content, numbered in the ledger before
+its first request, whose bulk requestIds derive from ``<sha256>:send<n>``. A retry
+(``dataflow retry``) is such a send of a processed file, restricted to the lines the API
+failed in the lineage it retries; its original stays where it is (in processed).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataflow.accounts import Accounts
 from dataflow.block import FileStep, RemoteFile, RowStream, Sink, Source, Transform
 from dataflow.checkpoint import Progress
 from dataflow.errorfile import ErrorFile, error_file_name
-from dataflow.errors import FileRejected, Stopped
+from dataflow.errors import FatalError, FileRejected, Stopped
 from dataflow.faults import crash_point
 from dataflow.ledger import Ledger
 from dataflow.redact import redact
@@ -51,6 +57,17 @@ class Chain:
     batch_size: int
     delimiter: str
     dry_run: bool = False
+    force: bool = False  # send again files whose content was already completed
+    retry: Retry | None = None  # send again only the failed lines of a processed file
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What `dataflow retry` sends again: the lines the API failed in a processed lineage."""
+
+    lineage_id: str
+    sha256: str  # the content that lineage processed
+    lines: np.ndarray  # int64 line numbers (header = 1), sorted
 
 
 async def process_file(
@@ -86,7 +103,13 @@ async def _process(
     sha = report.sha256 = await asyncio.to_thread(source.download, file, downloaded)
     console.listener().downloaded(file.size)
     crash_point("downloaded")
-    if ledger.completed(chain.dataflow, sha):
+    if chain.retry is not None and sha != chain.retry.sha256:
+        raise FatalError(
+            f"{file.path} is not the content lineage {chain.retry.lineage_id} processed (its "
+            "SHA-256 differs: it was replaced); nothing was sent"
+        )
+    completed = chain.retry is None and ledger.completed(chain.dataflow, sha)
+    if completed and not (chain.force or _forced_before(chain, ledger, sha)):
         report.status = "duplicate"
         report.reason = "this content was already processed by this dataflow"
         log.info("%s: duplicate of an earlier file; not sent again", file.name)
@@ -94,12 +117,11 @@ async def _process(
             report.processed_path = await asyncio.to_thread(source.move_original, file, False)
             ledger.finish_file(run, report)
         return
-    progress = (
-        Progress(report.lineage_id)
-        if chain.dry_run
-        else ledger.checkpoints(chain.dataflow).open(sha, file.name)
-    )
-    report.lineage_id = progress.lineage_id
+    progress = _open_progress(chain, ledger, sha, file.name, report, again=completed)
+    report.lineage_id, report.send_no = progress.lineage_id, progress.send_no
+    report.retry_of = chain.retry.lineage_id if chain.retry is not None else None
+    if progress.send_no and not progress.resumed:
+        log.info("%s: sending this content again (send %d)", file.name, progress.send_no)
     logs.LINEAGE_ID.set(report.lineage_id)
     if progress.resumed:
         log.info(
@@ -149,6 +171,27 @@ async def _process(
     await _finish(chain, file, errors, report, progress, ledger, run, failed=False)
 
 
+def _forced_before(chain: Chain, ledger: Ledger, sha: str) -> bool:
+    """A forced send of this content was interrupted: any run resumes it."""
+    return not chain.dry_run and ledger.checkpoints(chain.dataflow).interrupted_send(sha)
+
+
+def _open_progress(
+    chain: Chain, ledger: Ledger, sha: str, name: str, report: FileReport, again: bool
+) -> Progress:
+    """The send's checkpoint; a send again (forced, or a retry) gets a new send number, or
+    resumes its interrupted self with the number it recorded before its first request."""
+    if chain.dry_run:
+        return Progress(report.lineage_id, key=sha)
+    checkpoints = ledger.checkpoints(chain.dataflow)
+    if chain.retry is not None:
+        retry_of = chain.retry.lineage_id
+        return checkpoints.open(sha, name, ledger.next_send(chain.dataflow, sha), retry_of)
+    if again:
+        return checkpoints.open(sha, name, ledger.next_send(chain.dataflow, sha))
+    return checkpoints.open(sha, name)
+
+
 async def _send_rows(
     chain: Chain,
     stream: RowStream,
@@ -159,7 +202,7 @@ async def _send_rows(
 ) -> None:
     checkpoints = None if chain.dry_run else ledger.checkpoints(chain.dataflow)
     accounts = Accounts(report, errors, progress, checkpoints)
-    planned = _plan(chain, stream, progress, report.sha256 or report.lineage_id)
+    planned = _plan(chain, stream, progress, progress.key or report.sha256 or report.lineage_id)
 
     async def requests() -> AsyncIterator[Request]:
         while not STOP.is_set() and (item := await asyncio.to_thread(next, planned, None)):
@@ -195,7 +238,8 @@ def _plan(
     chain: Chain, stream: RowStream, progress: Progress, file_id: str
 ) -> Iterator[tuple[Chunk, pd.DataFrame, list[Request]]]:
     """Each chunk, its rows acknowledged before an interruption, and the requests for the rest."""
-    for chunk in stream:
+    for whole in stream:
+        chunk = whole if chain.retry is None else only_lines(whole, chain.retry.lines)
         records = chunk.records
         done = records.iloc[0:0]
         if progress.resumed and len(records):
@@ -205,6 +249,25 @@ def _plan(
             chain.template, records, chunk.source, chain.batch_size, file_id
         )
         yield chunk, done, list(requests)
+
+
+def only_lines(chunk: Chunk, lines: np.ndarray) -> Chunk:
+    """The part of `chunk` on `lines` (a retry): its records and rejections there, and as
+    filtered the lines there that are neither."""
+
+    def on(numbers: object) -> np.ndarray:
+        return np.isin(np.asarray(numbers, dtype=np.int64), lines)
+
+    records = chunk.records[on(chunk.records.index)]
+    errors = [
+        e
+        for e, keep in zip(chunk.errors, on([e.line_no for e in chunk.errors]), strict=True)
+        if keep
+    ]
+    present = np.asarray(chunk.source.index, dtype=np.int64)
+    resolved = np.asarray([*records.index, *(e.line_no for e in errors)], dtype=np.int64)
+    filtered = len(np.setdiff1d(present[on(present)], resolved))
+    return Chunk(chunk.source, records, errors, filtered)
 
 
 async def _finish(
@@ -222,7 +285,7 @@ async def _finish(
     if chain.dry_run:
         return
     source = chain.source
-    sha = report.sha256 or ""
+    key = progress.key
     checkpoints = ledger.checkpoints(chain.dataflow)
     if errors.rows:
         if progress.error_path:
@@ -233,17 +296,20 @@ async def _finish(
                 file.name, time.strftime("%Y%m%d%H%M%S", time.gmtime())
             )
             if not resumed:
-                checkpoints.error_file(sha, name=name)
+                checkpoints.error_file(key, name=name)
             local, name = await asyncio.to_thread(protect_output, chain, errors.path, name)
             report.error_file = await asyncio.to_thread(
                 source.upload_error_file, local, name, report.lineage_id, resumed
             )
-            checkpoints.error_file(sha, path=report.error_file)
+            checkpoints.error_file(key, path=report.error_file)
             crash_point("error_uploaded")
         log.info("%s: %d row(s) reported in %s", file.name, errors.rows, report.error_file)
-    report.processed_path = await asyncio.to_thread(source.move_original, file, failed)
+    if chain.retry is None:
+        report.processed_path = await asyncio.to_thread(source.move_original, file, failed)
+    else:  # a retry leaves the original where it is, in processed
+        report.processed_path = file.path
     crash_point("moved")
-    ledger.finish_file(run, report, errors.summary())
+    ledger.finish_file(run, report, errors.summary(), progress.failed)
     log.info("%s: moved to %s", file.name, report.processed_path)
 
 
