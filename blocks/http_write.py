@@ -21,6 +21,23 @@ Example::
       timeout_seconds: 30
       ca_bundle: null                    # a PEM file to trust instead of the system CAs
 
+Rate: `rate.limit` is never exceeded in any window of `rate.per`, from the first request on.
+A request takes its slot at the moment it leaves (just before its first byte is written, see
+`dataflow.ratelimit`), not when a worker picks it up, so requests that waited together for a
+token or a connection do not leave together. Every attempt counts, retries included; the
+OAuth token calls (not badge API calls, one per token lifetime) do not.
+
+Stopping: once the stop request is set (SIGTERM, `dataflow.shutdown.STOP`), no request starts,
+no retry is sent again and waits (backoff, Retry-After) end at once; requests already in
+flight complete and are reported. The rows of requests that were not sent are left
+unacknowledged, so the resumed run sends them.
+
+Answers: a row succeeds only when the answer confirms it (see `dataflow.templates`).
+Request-level errors come in Capillary's envelope with HTTP 200 or 4xx alike; 809 means our
+earlier attempt was applied (rows succeeded), any other code fails the rows with its code and
+message. A 2xx answer that is not JSON (a maintenance page) or confirms nothing, and a 5xx
+that is not retried, leave the rows failed as "outcome unknown", not final.
+
 Outcomes per request: 2xx is parsed per record by the template; a recoverable code, timeout
 or connection error is retried with exponential backoff and jitter up to `max_retries`, then
 its rows fail with the last status; a yielding code waits for Retry-After (capped at 300 s)
@@ -43,11 +60,13 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dataflow.block import BlockConfig, OnResult, Sink
-from dataflow.errors import AuthError, FatalError
+from dataflow.errors import ApiDown, AuthError, FatalError
 from dataflow.httpauth import Auth, BasicAuth, BasicConfig, OAuthConfig, OAuthToken
+from dataflow.metrics import api_request
 from dataflow.ratelimit import SlidingWindow, backoff, retry_after
 from dataflow.rows import RecordResult, Request
-from dataflow.templates import Template
+from dataflow.shutdown import STOP
+from dataflow.templates import Template, unconfirmed
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +121,12 @@ class HttpWrite(Sink):
         self.template: Template = context.template
         self.endpoint = config.endpoint or self.template.endpoint
         self.method = config.method or self.template.method
+        self.limiter = SlidingWindow(config.rate.limit, PERIODS[config.rate.per])
         self.auth: Auth = (
             OAuthToken(config.auth, config.max_retries)
             if isinstance(config.auth, OAuthConfig)
             else BasicAuth(config.auth)
         )
-        self.limiter = SlidingWindow(config.rate.limit, PERIODS[config.rate.per])
         self._consecutive_exhausted = 0
 
     def _client(self) -> httpx.AsyncClient:
@@ -129,6 +148,49 @@ class HttpWrite(Sink):
             },
         )
 
+    async def probe_token(self) -> str | None:
+        """For ``dataflow check``: with OAuth, obtain a token and say where from (None with
+        Basic, which has no token). Raises AuthError (refused) or ApiDown (unreachable)."""
+        if not isinstance(self.config.auth, OAuthConfig):
+            return None
+        async with self._client() as client:
+            await self.auth.headers(client)
+        return f"obtained from {self.config.base_url}{self.config.auth.token_endpoint}"
+
+    async def probe_endpoint(self) -> str:
+        """For ``dataflow check``: call the endpoint once with the credentials and an empty
+        body (``[]``, or ``{}`` for a bulk template), so no record is sent and nothing is
+        applied. The API authenticates before it validates: 401/403/498 means refused, a
+        validation error means accepted. Raises AuthError (refused), ApiDown (unreachable)
+        or FatalError (wrong URL, failing server)."""
+        body = b"{}" if self.template.group_by else b"[]"
+        target = f"{self.method} {self.config.base_url}{self.endpoint}"
+        async with self._client() as client:
+            headers = await self.auth.headers(client)
+            try:
+                response = await client.request(
+                    self.method, self.endpoint, content=body, headers=headers
+                )
+            except httpx.TransportError as exc:
+                raise ApiDown(f"cannot reach {target}: {type(exc).__name__}") from exc
+        status = response.status_code
+        if status in (401, 403, 498):
+            raise AuthError(
+                f"{target} refused the credentials (HTTP {status}: {_api_message(response)}); "
+                "check the auth: settings"
+            )
+        if status in (404, 405):
+            raise FatalError(
+                f"{target} answered HTTP {status} ({_api_message(response)}); check base_url "
+                "and endpoint"
+            )
+        if status >= 500:
+            raise FatalError(
+                f"{target} answered HTTP {status} ({_api_message(response)}); the API is "
+                "failing: try again later"
+            )
+        return f"accepted by {target} (an empty request: no record sent)"
+
     async def send(self, requests: AsyncIterator[Request], on_result: OnResult) -> None:
         queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
 
@@ -136,6 +198,8 @@ class HttpWrite(Sink):
 
             async def produce() -> None:
                 async for request in requests:
+                    if STOP.is_set():
+                        break
                     await queue.put(request)
                 for _ in range(self.config.concurrency):
                     await queue.put(None)
@@ -143,7 +207,8 @@ class HttpWrite(Sink):
             async def work() -> None:
                 while (request := await queue.get()) is not None:
                     results = await self._send_one(client, request)
-                    on_result(request, results)
+                    if results is not None:  # None: stopped before it was sent, not acked
+                        on_result(request, results)
 
             try:
                 async with asyncio.TaskGroup() as group:
@@ -153,27 +218,30 @@ class HttpWrite(Sink):
             except* FatalError as eg:
                 raise eg.exceptions[0] from None
 
-    async def _send_one(self, client: httpx.AsyncClient, request: Request) -> list[RecordResult]:
+    async def _send_one(
+        self, client: httpx.AsyncClient, request: Request
+    ) -> list[RecordResult] | None:
+        """The request's results; None when the stop request kept it from being sent."""
         c = self.config
         attempt = 0
         renewed = False
         yielded = 0.0
         last = ""
         while True:
-            await self.limiter.acquire()
-            headers = await self.auth.headers(client)
             try:
-                response = await client.request(
-                    self.method, self.endpoint, content=request.body, headers=headers
-                )
+                response, headers = await self._attempt(client, request)
+            except _StopRequested:
+                return None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last = f"{type(exc).__name__} after {attempt + 1} attempt(s)"
                 attempt += 1
                 if attempt > c.max_retries:
                     return self._exhausted(request, "", last)
-                await asyncio.sleep(backoff(attempt))
+                if not await _pause(backoff(attempt)):
+                    return None
                 continue
             status = response.status_code
+            api_request(self.context.dataflow, status)  # dataflow_api_requests_total
             if status in c.yielding_status_codes:
                 wait = retry_after(response.headers.get("Retry-After"), backoff(1))
                 if yielded + wait > c.max_yield_seconds:
@@ -182,7 +250,8 @@ class HttpWrite(Sink):
                     )
                 yielded += wait
                 log.info("HTTP %d: waiting %.1fs (Retry-After)", status, wait)
-                await asyncio.sleep(wait)
+                if not await _pause(wait):
+                    return None
                 continue
             if status in c.recoverable_status_codes:
                 attempt += 1
@@ -192,7 +261,8 @@ class HttpWrite(Sink):
                         str(status),
                         f"HTTP {status} after {attempt} attempts: {_api_message(response)}",
                     )
-                await asyncio.sleep(backoff(attempt))
+                if not await _pause(backoff(attempt)):
+                    return None
                 continue
             if status in (401, 498) and self.auth.renewable and not renewed:
                 renewed = True
@@ -206,31 +276,96 @@ class HttpWrite(Sink):
             self._consecutive_exhausted = 0
             return self._results(request, response)
 
+    async def _attempt(
+        self, client: httpx.AsyncClient, request: Request
+    ) -> tuple[httpx.Response, dict[str, str]]:
+        """Send once: a rate-limit place first, then the token, then the request itself.
+
+        Raises `_StopRequested` when the stop request came before the request left.
+        """
+        _unless_stopped()
+        slot = self.limiter.slot(before_send=_unless_stopped)
+        await slot.reserve()
+        answered = False
+        try:
+            _unless_stopped()  # the wait for a place may have been long
+            headers = await self.auth.headers(client)
+            response = await client.request(
+                self.method,
+                self.endpoint,
+                content=request.body,
+                headers=headers,
+                extensions=slot.extensions,  # the place is stamped as the request leaves
+            )
+            answered = True
+        finally:
+            slot.release(answered)
+        return response, headers
+
     def _exhausted(self, request: Request, status: str, message: str) -> list[RecordResult]:
         self._consecutive_exhausted += 1
         if self._consecutive_exhausted >= self.config.max_consecutive_failures:
-            raise FatalError(
+            raise ApiDown(
                 f"the API at {self.config.base_url} looks down: {self._consecutive_exhausted} "
                 f"requests in a row failed after retries (last: {message}); the file is kept "
                 "and will be taken up by the next run"
             )
-        return request.fail(status, message)
+        return request.fail(status, message, final=False)  # no verdict: sent again if kept
 
     def _results(self, request: Request, response: httpx.Response) -> list[RecordResult]:
+        """Verdicts from a final answer (not retried): 2xx, a 4xx envelope, or other codes."""
         status = response.status_code
         try:
             payload = orjson.loads(response.content) if response.content else None
         except orjson.JSONDecodeError:
-            payload = None
+            payload = _NOT_JSON
         if 200 <= status < 300:
-            if payload is None:
-                message = f"HTTP {status} with an unreadable body; outcome unknown"
-                return request.fail(str(status), message)
+            if payload is _NOT_JSON:
+                why = f"the body is not JSON ({_snippet(response)})"
+                return unconfirmed(request.line_nos, status, why)
             return self.template.parse_response(request, status, payload)
-        if isinstance(payload, list) and len(payload) == len(request.line_nos):
+        if status >= 500 or status < 400:  # a failed server, a redirect: no verdict
+            why = f"it is not an answer of the API ({_api_message(response)})"
+            return unconfirmed(request.line_nos, status, why)
+        if _is_envelope(payload) or (
+            isinstance(payload, list) and len(payload) == len(request.line_nos)
+        ):
             return self.template.parse_response(request, status, payload)
-        message = f"HTTP {status}: {_api_message(response, payload)}"
+        message = f"HTTP {status}: {_api_message(response)}"
         return request.fail(str(status), message)
+
+
+_NOT_JSON: Any = object()  # a body that did not parse as JSON
+
+
+class _StopRequested(Exception):
+    """Raised just before a request would leave after the stop request: it is not sent."""
+
+
+def _unless_stopped() -> None:
+    if STOP.is_set():
+        raise _StopRequested
+
+
+async def _pause(seconds: float) -> bool:
+    """Sleep `seconds`, or less if the stop request comes; True when not stopped."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not STOP.is_set():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return True
+        await asyncio.sleep(min(left, 0.1))
+    return False
+
+
+def _is_envelope(payload: Any) -> bool:
+    """Capillary's request-level envelope: an object with a non-empty `errors`."""
+    return isinstance(payload, dict) and bool(payload.get("errors"))
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = " ".join(response.text.split())
+    return repr(text[:80]) if text else "an empty body"
 
 
 def _api_message(response: httpx.Response, payload: Any = None) -> str:

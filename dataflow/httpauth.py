@@ -1,9 +1,13 @@
 """Capillary API authentication: an OAuth token (cached, renewed) or Basic.
 
 OAuth: ``POST {base_url}/v3/oauth/token/generate`` with ``{"key", "secret"}`` answers
-``{"data": {"accessToken", "expiresIn"}}``; the token goes in ``X-CAP-API-OAUTH-TOKEN``. It is
-renewed a minute (or a tenth of its life, whichever is less) before it expires, and once more
-when the API answers 401 or 498.
+``{"data": {"accessToken", "ttlSeconds"}, "errors"}`` (``expiresIn``/``expires_in`` are read
+when ``ttlSeconds`` is absent; with none of them the token is assumed to last
+`DEFAULT_TTL` seconds). The token goes in ``X-CAP-API-OAUTH-TOKEN``. Its life is counted from
+the moment the token was asked for (the server's clock starts no later), and it is renewed a
+quarter of its life (at most a minute) before it runs out, and once more when the API answers
+401 or 498. Token requests are not badge API calls and take no slot of the rate limiter
+(one per token lifetime, plus one per refusal).
 
 Basic: ``Authorization: Basic base64(username:md5hex(password))``, as Capillary expects.
 """
@@ -15,18 +19,21 @@ import asyncio
 import base64
 import hashlib
 import logging
+import math
 import time
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from dataflow.errors import AuthError, FatalError
+from dataflow.errors import ApiDown, AuthError, FatalError
 from dataflow.ratelimit import backoff
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-CAP-API-OAUTH-TOKEN"
+DEFAULT_TTL = 900.0  # seconds, when the token endpoint does not say
+TTL_FIELDS = ("ttlSeconds", "expiresIn", "expires_in")
 
 
 class OAuthConfig(BaseModel):
@@ -99,12 +106,13 @@ class OAuthToken(Auth):
         }
         attempt = 0
         while True:
+            asked_at = time.monotonic()
             try:
                 response = await client.post(self.config.token_endpoint, json=body)
             except httpx.TransportError as exc:
                 attempt += 1
                 if attempt > self.max_retries:
-                    raise FatalError(
+                    raise ApiDown(
                         f"cannot reach the OAuth token endpoint: {type(exc).__name__}"
                     ) from exc
                 await asyncio.sleep(backoff(attempt))
@@ -122,8 +130,8 @@ class OAuthToken(Auth):
         token, ttl = _parse_token(response)
         self.fetches += 1
         self._token = token
-        self._renew_at = time.monotonic() + ttl - min(60.0, ttl / 10)
-        log.info("obtained an OAuth token (valid %ds)", ttl)
+        self._renew_at = asked_at + ttl - min(60.0, ttl / 4)
+        log.info("obtained an OAuth token (valid %gs)", ttl)
 
 
 def _parse_token(response: httpx.Response) -> tuple[str, float]:
@@ -131,7 +139,7 @@ def _parse_token(response: httpx.Response) -> tuple[str, float]:
         payload: Any = response.json()
         data = payload.get("data") or payload
         token = data.get("accessToken") or data.get("access_token")
-        ttl = float(data.get("expiresIn") or data.get("expires_in") or 3600)
+        ttl = _ttl(data)
     except (ValueError, AttributeError, TypeError):
         token, ttl = None, 0.0
     if response.status_code != 200 or not isinstance(token, str) or not token:
@@ -139,3 +147,18 @@ def _parse_token(response: httpx.Response) -> tuple[str, float]:
             f"the OAuth token endpoint answered HTTP {response.status_code} without a token"
         )
     return token, max(ttl, 1.0)
+
+
+def _ttl(data: dict[str, Any]) -> float:
+    """The token's lifetime in seconds: the first usable of `TTL_FIELDS`, else `DEFAULT_TTL`."""
+    for name in TTL_FIELDS:
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+    return DEFAULT_TTL

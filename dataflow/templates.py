@@ -18,6 +18,14 @@ bulk APIs take one request per group of rows sharing the `group_by` fields, with
 request's rows, so that a retried or resumed request is recognised by the server (error 809)
 and never issues twice.
 
+Verdicts: a row counts as succeeded only when the answer confirms it (the import API: its
+element has ``data.earnedBadgeId`` and no errors; the bulk APIs: its customer's item has an
+``issuedId`` and no error, or the request was answered 809). A record or request error is a
+final failure with the API's code and message; an answer that confirms nothing (nulls,
+missing fields, wrong lengths, garbage) fails its rows as "outcome unknown", not final.
+Request-level errors come in the envelope ``{data, errors: [{code, message}], warnings}``
+with HTTP 200 or 4xx alike (`request_level`).
+
 Adding a template is one `Template(...)` value registered in `TEMPLATES`; see docs/templates.md.
 """
 
@@ -33,6 +41,7 @@ import pandas as pd
 
 from dataflow.rows import RecordResult, Request
 
+ALREADY_PROCESSED = "809"  # a bulk requestId seen before: our earlier attempt was applied
 FIELD_KINDS = ("text", "customer_id", "epoch_s", "iso_ms", "owner_type")
 DATE_KINDS = ("epoch_s", "iso_ms")
 OWNER_TYPES = (
@@ -74,7 +83,8 @@ class Template:
 def to_json_value(series: pd.Series[Any], kind: str) -> list[Any]:
     """Convert one typed column (as produced by field_mapping) to JSON-ready values."""
     if kind == "epoch_s":
-        seconds = (series - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        epoch = pd.Timestamp(0, tz="UTC").as_unit("s")  # not ns: 31/12/9999 must fit
+        seconds = (series - epoch) // pd.Timedelta(seconds=1)
         return [int(v) for v in seconds]
     if kind == "iso_ms":
         return [v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z" for v in series]
@@ -102,26 +112,74 @@ def build_array_requests(
 
 
 def parse_array_response(request: Request, status: int, payload: Any) -> list[RecordResult]:
-    """An array aligned with the request: ``{data, errors: null | [{code, message}], warnings}``."""
-    if not isinstance(payload, list) or len(payload) != len(request.line_nos):
-        got = f"{len(payload)} elements" if isinstance(payload, list) else type(payload).__name__
-        message = (
-            f"response does not match the request ({len(request.line_nos)} records, got {got}); "
-            "the records' outcome is unknown, check them in Capillary before resending"
-        )
-        return request.fail(str(status), message)
+    """An array aligned with the request: ``{data: {..., earnedBadgeId}, errors, warnings}``.
+
+    A record counts as succeeded only when its element confirms it (``data`` with an
+    ``earnedBadgeId``, no errors). A request-level envelope (``{data, errors: [...]}``) is a
+    verdict on the whole request; anything else confirms nothing (`unconfirmed`).
+    """
+    whole = request_level(request, payload)
+    if whole is not None:
+        return whole
+    sent = len(request.line_nos)
+    if not isinstance(payload, list) or len(payload) != sent:
+        got = f"{len(payload)} elements" if isinstance(payload, list) else _kind(payload)
+        why = f"the response does not match the request ({sent} records, got {got})"
+        return unconfirmed(request.line_nos, status, why)
     return [
-        _verdict(line_no, element.get("errors") if isinstance(element, dict) else None)
+        _import_verdict(line_no, status, element)
         for line_no, element in zip(request.line_nos, payload, strict=True)
     ]
 
 
-def _verdict(line_no: int, errors: Any) -> RecordResult:
-    """Accepted when `errors` is empty, else failed with the first error's code."""
-    if not errors:
+def _import_verdict(line_no: int, status: int, element: Any) -> RecordResult:
+    if not isinstance(element, dict):
+        return _unconfirmed(line_no, status, f"the record's result is {_kind(element)}")
+    errors = element.get("errors")
+    if errors:
+        return _failed(line_no, errors)
+    data = element.get("data")
+    if isinstance(data, dict) and data.get("earnedBadgeId") not in (None, ""):
         return RecordResult(line_no, True)
+    return _unconfirmed(line_no, status, "the record's result has no data.earnedBadgeId")
+
+
+def request_level(request: Request, payload: Any) -> list[RecordResult] | None:
+    """The verdict of a request-level envelope ``{data, errors: [{code, message}], warnings}``.
+
+    809 (this requestId was already processed: our own earlier attempt was applied) makes
+    every row succeeded; any other code fails every row with its code and message. None when
+    the payload carries no top-level errors. The HTTP status does not matter (200 or 4xx).
+    """
+    if not isinstance(payload, dict) or not payload.get("errors"):
+        return None
+    if ALREADY_PROCESSED in _codes(payload["errors"]):
+        return [RecordResult(n, True) for n in request.line_nos]
+    code, message = _first_error(payload["errors"])
+    return request.fail(code, message)
+
+
+def unconfirmed(line_nos: tuple[int, ...], status: int, why: str) -> list[RecordResult]:
+    """Rows the answer confirms nothing about: failed, not final (sent again if kept)."""
+    return [_unconfirmed(n, status, why) for n in line_nos]
+
+
+def _unconfirmed(line_no: int, status: int, why: str) -> RecordResult:
+    message = (
+        f"HTTP {status}, but {why}: the outcome is unknown (not confirmed by the API); "
+        "check the record in Capillary before resending"
+    )
+    return RecordResult(line_no, False, str(status), message, final=False)
+
+
+def _failed(line_no: int, errors: Any) -> RecordResult:
     code, message = _first_error(errors)
     return RecordResult(line_no, False, code, message)
+
+
+def _codes(errors: Any) -> list[str]:
+    items = errors if isinstance(errors, list) else [errors]
+    return [str(e.get("code")) for e in items if isinstance(e, dict)]
 
 
 def _first_error(errors: Any) -> tuple[str, str]:
@@ -129,6 +187,10 @@ def _first_error(errors: Any) -> tuple[str, str]:
     codes = [str(e.get("code", "")) for e in items if isinstance(e, dict)]
     messages = [str(e.get("message", "")) for e in items if isinstance(e, dict)]
     return (codes[0] if codes else ""), "; ".join(m for m in messages if m) or "rejected by API"
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else f"a JSON {type(value).__name__}"
 
 
 def _expires_after_event(records: pd.DataFrame) -> pd.Series[Any]:
@@ -189,43 +251,51 @@ def build_grouped_requests(
 def parse_grouped_response(request: Request, status: int, payload: Any) -> list[RecordResult]:
     """``{data: {issuedBadges: [{customerId, issuedId, error}]}, errors, warnings}``.
 
-    A top-level error fails every row of the request, except 809 (this requestId was already
-    processed: our own earlier attempt), which is "already done".
+    A customer counts as succeeded only when its item has an ``issuedId`` and no error, or
+    when the request was answered 809 (our earlier attempt was applied; per-customer items
+    sent with the 809 are still read, for their errors). Any other top-level error fails every
+    row of the request; an answer that confirms nothing leaves the rows `unconfirmed`.
     """
     if not isinstance(payload, dict):
-        message = f"unexpected response ({type(payload).__name__}); outcome unknown"
-        return request.fail(str(status), message)
-    errors = payload.get("errors") or []
-    codes = [str(e.get("code")) for e in errors if isinstance(e, dict)]
+        return unconfirmed(request.line_nos, status, f"the response is {_kind(payload)}")
+    applied = ALREADY_PROCESSED in _codes(payload.get("errors") or [])
     data = payload.get("data")
     issued = data.get("issuedBadges") if isinstance(data, dict) else None
-    if errors and "809" not in codes:
-        code, message = _first_error(errors)
-        return request.fail(code, message)
+    if not applied or not isinstance(issued, list):
+        whole = request_level(request, payload)
+        if whole is not None:
+            return whole
     if not isinstance(issued, list):
-        if "809" in codes:  # already applied by an earlier attempt of ours
-            return [RecordResult(n, True) for n in request.line_nos]
-        message = "the response has no per-customer results; outcome unknown"
-        return request.fail(str(status), message)
+        return unconfirmed(request.line_nos, status, "the response has no data.issuedBadges")
     by_customer: dict[Any, list[dict[str, Any]]] = {}
     for item in issued:
         if isinstance(item, dict):
-            by_customer.setdefault(item.get("customerId"), []).append(item)
+            by_customer.setdefault(_customer_key(item.get("customerId")), []).append(item)
     results = []
     for line_no, customer in zip(request.line_nos, request.customers, strict=True):
         items = by_customer.get(customer)
-        if not items:
-            results.append(
-                RecordResult(
-                    line_no,
-                    False,
-                    str(status),
-                    f"no result for customer {customer} in the response",
-                )
-            )
-            continue
-        results.append(_verdict(line_no, items.pop(0).get("error")))
+        item = items.pop(0) if items else None
+        results.append(_bulk_verdict(line_no, status, customer, item, applied))
     return results
+
+
+def _bulk_verdict(
+    line_no: int, status: int, customer: int, item: dict[str, Any] | None, applied: bool
+) -> RecordResult:
+    if item is not None and item.get("error"):
+        return _failed(line_no, item["error"])
+    if applied or (item is not None and item.get("issuedId") not in (None, "")):
+        return RecordResult(line_no, True)
+    if item is None:
+        return _unconfirmed(line_no, status, f"the response has no result for customer {customer}")
+    return _unconfirmed(line_no, status, f"the result for customer {customer} has no issuedId")
+
+
+def _customer_key(value: Any) -> Any:
+    """customerId as sent (an int), also when the answer spells it as a string."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
 
 
 def bulk_template(

@@ -59,22 +59,39 @@ def create_app(state: State | None = None) -> Starlette:
 
     async def token(request: Request) -> Response:
         state.token_requests += 1
+        state.token_calls.append(time.time())  # arrival times, apart from `requests`
+        if state.token_latency_ms:
+            await asyncio.sleep(state.token_latency_ms / 1000)
         try:
             body = orjson.loads(await request.body())
             key, secret = body["key"], body["secret"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            return _error(400, 400, "key and secret are required")
+            return refused(1001, "key and secret are required")
         if state.clients.get(key) != secret:
             return _error(401, 401, "Invalid client key or secret")
         value = secrets.token_urlsafe(24)
         state.tokens[value] = time.time() + state.token_ttl
+        # the documented shape, exactly: {data: {accessToken, ttlSeconds}, errors}
         return _json(
-            {
-                "data": {"accessToken": value, "expiresIn": state.token_ttl},
-                "errors": None,
-                "warnings": None,
-            }
+            {"data": {"accessToken": value, "ttlSeconds": state.token_ttl}, "errors": None}
         )
+
+    def refused(code: int, message: str, data: Any = None) -> Response:
+        """A request-level error: the whole request refused, in Capillary's envelope."""
+        return _json(
+            {"data": data, "errors": [{"code": code, "message": message}], "warnings": []},
+            state.request_error_status,
+        )
+
+    def raw_answer(answer: dict[str, Any]) -> Response:
+        status = int(answer.get("status", 200))
+        headers = {str(k): str(v) for k, v in answer.get("headers", {}).items()}
+        if "text" in answer:
+            media = str(answer.get("content_type", "text/html"))
+            return Response(
+                str(answer["text"]), status_code=status, headers=headers, media_type=media
+            )
+        return _json(answer.get("json"), status, headers)
 
     async def injected() -> Response | None:
         if state.latency_ms:
@@ -106,17 +123,25 @@ def create_app(state: State | None = None) -> Starlette:
                 "records": 0,
             }
             state.requests.append(entry)
+            allowed = authorised(request)  # as a server does: on arrival, before any work
+            raw = await request.body()  # received whole: applied even if the client goes away
+            answer = state.answer_next.pop(0) if state.answer_next else None
             response = await injected()
-            if response is None and not authorised(request):
-                response = _error(401, 401, "Invalid or expired credentials")
+            if response is None and answer is not None and not answer.get("apply", False):
+                response = raw_answer(answer)
+            if response is None and not allowed:
+                status = state.expired_token_status
+                response = _error(status, status, "Invalid or expired credentials")
             if response is None:
                 try:
-                    body = orjson.loads(await request.body())
+                    body = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    response = _error(400, 400, "Request body is not valid JSON")
+                    response = refused(1001, "Request body is not valid JSON")
                 else:
                     response = await handler(body, entry)
-                    if state.apply_then_fail_next:
+                    if answer is not None:
+                        response = raw_answer(answer)
+                    elif state.apply_then_fail_next:
                         code = state.apply_then_fail_next.pop(0)
                         response = _error(code, code, f"injected HTTP {code} after applying")
             entry["status"] = response.status_code
@@ -126,9 +151,9 @@ def create_app(state: State | None = None) -> Starlette:
 
     async def import_badges(body: Any, entry: dict[str, Any]) -> Response:
         if not isinstance(body, list) or not body:
-            return _error(400, 400, "Request body must be a non-empty array of badges")
+            return refused(1001, "Request body must be a non-empty array of badges")
         if len(body) > 1000:
-            return _error(400, 400, "At most 1000 badges per request")
+            return refused(1001, "At most 1000 badges per request")
         entry["records"] = len(body)
         out: list[dict[str, Any]] = []
         for record in body:
@@ -156,8 +181,11 @@ def create_app(state: State | None = None) -> Starlette:
             try:
                 data, errors = apply(state, body)
             except bulk.Invalid as exc:
-                return _error(400, 1001, str(exc))
-            return _json({"data": data, "errors": errors or None, "warnings": []})
+                return refused(1001, str(exc))
+            if errors:  # 809 (with the first answer's data if data_on_809), 1054
+                first = errors[0]
+                return refused(first["code"], first["message"], data)
+            return _json({"data": data, "errors": None, "warnings": []})
 
         return handler
 
@@ -169,6 +197,7 @@ def create_app(state: State | None = None) -> Starlette:
                 "issued": state.issued,
                 "accepted": state.accepted,
                 "token_requests": state.token_requests,
+                "token_calls": state.token_calls,
             }
         )
 

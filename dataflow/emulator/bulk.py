@@ -1,4 +1,8 @@
-"""The bulk badge endpoints: earn for many customers, issue (enrol) many customers."""
+"""The bulk badge endpoints: earn for many customers, issue (enrol) many customers.
+
+Written from the contract (§2), not from the client: nothing here comes from `dataflow`'s
+own templates, so the client is checked against the documents rather than against itself.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,24 @@ from datetime import datetime
 from typing import Any
 
 from dataflow.emulator.state import State
-from dataflow.templates import OWNER_TYPES
 
+# the documented triggeredBy.ownerType values (contract §2)
+OWNER_TYPES = (
+    "Loyalty",
+    "Loyalty_Promotion",
+    "Referral_Campaigns",
+    "Journeys",
+    "Audience_Campaigns",
+    "Rewards_Catalog",
+    "Goodwill_Module",
+    "Milestones",
+    "Historical_Import",
+)
 ISO_MS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 
 class Invalid(Exception):
-    """The whole request is malformed (HTTP 400, code 1001)."""
+    """The whole request is malformed (a request-level error, code 1001)."""
 
 
 def _int_list(body: dict[str, Any], key: str) -> list[int]:
@@ -73,9 +88,8 @@ def _apply(
     state: State, rid: str, meta_id: str, customers: list[int], event: int, earn: bool
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     if rid in state.request_ids:
-        return state.request_ids[rid], [
-            {"code": 809, "message": f"requestId {rid} was already processed"}
-        ]
+        data = state.request_ids[rid] if state.data_on_809 else None
+        return data, [{"code": 809, "message": f"requestId {rid} was already processed"}]
     meta = state.metas.get(meta_id)
     if meta is None or not meta.active:
         return None, [{"code": 1054, "message": f"Badge meta {meta_id} not found or inactive"}]

@@ -35,8 +35,12 @@ SETTINGS = (
     "throttle_rate",
     "retry_after",
     "latency_ms",
+    "token_latency_ms",
     "throttle_next",
     "store",
+    "request_error_status",
+    "data_on_809",
+    "expired_token_status",
 )
 
 
@@ -45,9 +49,11 @@ class State:
     clients: dict[str, str] = field(default_factory=dict)  # key -> secret
     basic: dict[str, str] = field(default_factory=dict)  # username -> password
     metas: dict[str, BadgeMeta] = field(default_factory=dict)
-    token_ttl: int = 3600
+    token_ttl: float = 3600  # seconds, answered as ttlSeconds; a token expires after it
+    expired_token_status: int = 401  # what an expired or unknown token is answered (or 498)
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry
     token_requests: int = 0
+    token_calls: list[float] = field(default_factory=list)  # arrival time of each token call
     received: list[dict[str, Any]] = field(default_factory=list)  # imported records
     earned: list[dict[str, Any]] = field(default_factory=list)  # earnBulk, per customer
     issued: list[dict[str, Any]] = field(default_factory=list)  # issueBulk, per customer
@@ -56,13 +62,19 @@ class State:
     store: bool = True  # False: count accepted records only (benchmarks)
     accepted: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # a whole request refused (809, 1054, a bad body): Capillary answers HTTP 400; 200 also seen
+    request_error_status: int = 400
+    data_on_809: bool = False  # True: a repeated requestId also gets the first answer's data
     fail_next: list[int] = field(default_factory=list)
     apply_then_fail_next: list[int] = field(default_factory=list)
+    # raw answers for the next requests: {status, json | text, content_type, apply}
+    answer_next: list[dict[str, Any]] = field(default_factory=list)
     throttle_next: int = 0
     error_rate: float = 0.0
     throttle_rate: float = 0.0
     retry_after: float = 1.0
     latency_ms: float = 0.0
+    token_latency_ms: float = 0.0  # a slow token endpoint
     rng: random.Random = field(default_factory=lambda: random.Random(7))
     next_id: int = 1
 
@@ -78,6 +90,8 @@ class State:
         for key in ("fail_next", "apply_then_fail_next"):
             if key in data:
                 setattr(self, key, [int(c) for c in data[key]])
+        if "answer_next" in data:
+            self.answer_next = [dict(a) for a in data["answer_next"]]
         if "seed" in data:
             self.rng = random.Random(data["seed"])
         self.clients.update(data.get("clients", {}))
@@ -99,10 +113,13 @@ class State:
             "requests",
             "fail_next",
             "apply_then_fail_next",
+            "answer_next",
+            "token_calls",
         ):
             getattr(self, name).clear()
         self.active_issues.clear()
         self.request_ids.clear()
         self.throttle_next = self.token_requests = self.accepted = 0
-        self.error_rate = self.throttle_rate = self.latency_ms = 0.0
+        self.error_rate = self.throttle_rate = self.latency_ms = self.token_latency_ms = 0.0
         self.store = True
+        self.request_error_status, self.data_on_809, self.expired_token_status = 400, False, 401
