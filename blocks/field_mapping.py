@@ -63,11 +63,11 @@ from pydantic import (
     model_validator,
 )
 
-from dataflow.block import BlockConfig, CheckProblem, RowStream, Transform
+from dataflow.block import BlockConfig, CheckProblem, RowStream, Template, Transform
 from dataflow.errors import FileRejected
 from dataflow.hints import did_you_mean
 from dataflow.rows import STAGE_TRANSFORM, Chunk, RowError
-from dataflow.templates import DATE_KINDS, OWNER_TYPES, Template
+from dataflow.templates import DATE_KINDS, OWNER_TYPES
 from dataflow.trigger import Timezone
 from dataflow_blocks import _sql
 from dataflow_blocks._keys import SeenKeys, digests, key_fields

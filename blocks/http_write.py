@@ -52,21 +52,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dataflow.block import BlockConfig, OnResult, Sink
+from dataflow.block import BlockConfig, OnResult, Sink, Template
 from dataflow.errors import ApiDown, AuthError, FatalError
 from dataflow.httpauth import Auth, BasicAuth, BasicConfig, OAuthConfig, OAuthToken
-from dataflow.metrics import api_request
-from dataflow.ratelimit import SlidingWindow, backoff, retry_after
+from dataflow.ratelimit import RetryPolicy, SlidingWindow, backoff, retry_after
 from dataflow.rows import RecordResult, Request
 from dataflow.shutdown import STOP
-from dataflow.templates import Template, unconfirmed
+from dataflow.templates import unconfirmed
+
+if TYPE_CHECKING:  # imported when the block sends: `dataflow validate` stays light
+    import httpx
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +123,26 @@ class HttpWrite(Sink):
         self.endpoint = config.endpoint or self.template.endpoint
         self.method = config.method or self.template.method
         self.limiter = SlidingWindow(config.rate.limit, PERIODS[config.rate.per])
+        self.retry = RetryPolicy(config.max_retries, frozenset(config.recoverable_status_codes))
         self.auth: Auth = (
-            OAuthToken(config.auth, config.max_retries)
+            OAuthToken(config.auth, self.retry)
             if isinstance(config.auth, OAuthConfig)
             else BasicAuth(config.auth)
         )
         self._consecutive_exhausted = 0
 
+    def build_requests(
+        self, records: pd.DataFrame, source: pd.DataFrame, file_id: str
+    ) -> Iterator[Request]:
+        """`batch_size` records (or customers, for the bulk APIs) per request, shaped by the
+        template."""
+        return self.template.build_requests(
+            self.template, records, source, self.config.batch_size, file_id
+        )
+
     def _client(self) -> httpx.AsyncClient:
+        import httpx
+
         c = self.config
         verify: Any = True
         if c.ca_bundle:
@@ -163,6 +176,8 @@ class HttpWrite(Sink):
         applied. The API authenticates before it validates: 401/403/498 means refused, a
         validation error means accepted. Raises AuthError (refused), ApiDown (unreachable)
         or FatalError (wrong URL, failing server)."""
+        import httpx
+
         body = b"{}" if self.template.group_by else b"[]"
         target = f"{self.method} {self.config.base_url}{self.endpoint}"
         async with self._client() as client:
@@ -222,8 +237,12 @@ class HttpWrite(Sink):
         self, client: httpx.AsyncClient, request: Request
     ) -> list[RecordResult] | None:
         """The request's results; None when the stop request kept it from being sent."""
+        import httpx
+
+        from dataflow.metrics import api_request
+
         c = self.config
-        attempt = 0
+        failures = 0
         renewed = False
         yielded = 0.0
         last = ""
@@ -233,11 +252,12 @@ class HttpWrite(Sink):
             except _StopRequested:
                 return None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__} after {attempt + 1} attempt(s)"
-                attempt += 1
-                if attempt > c.max_retries:
+                failures += 1
+                wait = self.retry.delay(failures)
+                if wait is None:
+                    last = f"{type(exc).__name__} after {failures} attempt(s)"
                     return self._exhausted(request, "", last)
-                if not await _pause(backoff(attempt)):
+                if not await _pause(wait):
                     return None
                 continue
             status = response.status_code
@@ -253,15 +273,16 @@ class HttpWrite(Sink):
                 if not await _pause(wait):
                     return None
                 continue
-            if status in c.recoverable_status_codes:
-                attempt += 1
-                if attempt > c.max_retries:
+            if self.retry.recoverable(status):
+                failures += 1
+                wait = self.retry.delay(failures)
+                if wait is None:
                     return self._exhausted(
                         request,
                         str(status),
-                        f"HTTP {status} after {attempt} attempts: {_api_message(response)}",
+                        f"HTTP {status} after {failures} attempts: {_api_message(response)}",
                     )
-                if not await _pause(backoff(attempt)):
+                if not await _pause(wait):
                     return None
                 continue
             if status in (401, 498) and self.auth.renewable and not renewed:
@@ -315,10 +336,7 @@ class HttpWrite(Sink):
     def _results(self, request: Request, response: httpx.Response) -> list[RecordResult]:
         """Verdicts from a final answer (not retried): 2xx, a 4xx envelope, or other codes."""
         status = response.status_code
-        try:
-            payload = orjson.loads(response.content) if response.content else None
-        except orjson.JSONDecodeError:
-            payload = _NOT_JSON
+        payload = _json(response.content)
         if 200 <= status < 300:
             if payload is _NOT_JSON:
                 why = f"the body is not JSON ({_snippet(response)})"
@@ -363,6 +381,16 @@ def _is_envelope(payload: Any) -> bool:
     return isinstance(payload, dict) and bool(payload.get("errors"))
 
 
+def _json(content: bytes) -> Any:
+    """The parsed body: None when empty, `_NOT_JSON` when it is not JSON."""
+    import orjson
+
+    try:
+        return orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
+
+
 def _snippet(response: httpx.Response) -> str:
     text = " ".join(response.text.split())
     return repr(text[:80]) if text else "an empty body"
@@ -370,10 +398,7 @@ def _snippet(response: httpx.Response) -> str:
 
 def _api_message(response: httpx.Response, payload: Any = None) -> str:
     if payload is None:
-        try:
-            payload = orjson.loads(response.content) if response.content else None
-        except orjson.JSONDecodeError:
-            payload = None
+        payload = _json(response.content)
     if isinstance(payload, dict):
         errors = payload.get("errors")
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):

@@ -49,22 +49,22 @@ Whose fault, read from gpg's status lines:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import gnupg
 from pydantic import Field, SecretStr, field_validator
 
+from dataflow import keys
 from dataflow.block import BlockConfig, FileStep
 from dataflow.errors import FatalError, FileRejected
+
+if TYPE_CHECKING:  # imported when the block opens: `dataflow validate` loads no crypto library
+    import gnupg
 
 log = logging.getLogger(__name__)
 
@@ -116,58 +116,40 @@ class PgpDecryptConfig(BlockConfig):
 
 def armored_key(text: str) -> str:
     """The armored key from armored text or its base64. Raises ValueError."""
-    text = text.strip()
-    if "-----BEGIN PGP PRIVATE KEY BLOCK-----" in text:
-        return text
-    try:
-        decoded = base64.b64decode(text, validate=False).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        decoded = ""
-    if "-----BEGIN PGP PRIVATE KEY BLOCK-----" in decoded:
-        return decoded
-    if "-----BEGIN PGP PUBLIC KEY BLOCK-----" in text + decoded:
+    found = keys.armored(text, (_PRIVATE_BEGIN, _PUBLIC_BEGIN))
+    if found is None:
+        raise ValueError("not an armored PGP private key (nor base64 of one)")
+    if _PRIVATE_BEGIN not in found:
         raise ValueError("this is a public key; decryption needs the private key")
-    raise ValueError("not an armored PGP private key (nor base64 of one)")
+    return found
 
 
 _PUBLIC_BEGIN = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
+_PUBLIC_END = "-----END PGP PUBLIC KEY BLOCK-----"
 _PRIVATE_BEGIN = "-----BEGIN PGP PRIVATE KEY BLOCK-----"
 _PUBLIC_KEY_PACKET = 6
 
 
 def armored_public_key(text: str) -> str:
     """The armored public key from armored text or its base64. Raises ValueError."""
-    text = text.strip()
-    candidates = [text]
-    with contextlib.suppress(binascii.Error, UnicodeDecodeError):
-        candidates.append(base64.b64decode(text, validate=False).decode("utf-8").strip())
-    for candidate in candidates:
-        if _PUBLIC_BEGIN in candidate:
-            if _first_packet(candidate) != _PUBLIC_KEY_PACKET:
-                raise ValueError("the PGP public key block does not start with a public key")
-            return candidate
-        if _PRIVATE_BEGIN in candidate:
-            raise ValueError(
-                "this is a private key; give the vendor's public key (gpg --armor --export)"
-            )
-    raise ValueError("not an armored PGP public key (nor base64 of one)")
+    found = keys.armored(text, (_PUBLIC_BEGIN, _PRIVATE_BEGIN))
+    if found is None:
+        raise ValueError("not an armored PGP public key (nor base64 of one)")
+    if _PUBLIC_BEGIN not in found:
+        raise ValueError(
+            "this is a private key; give the vendor's public key (gpg --armor --export)"
+        )
+    if _first_packet(found) != _PUBLIC_KEY_PACKET:
+        raise ValueError("the PGP public key block does not start with a public key")
+    return found
 
 
 def _first_packet(armored: str) -> int:
     """The tag of the first OpenPGP packet of an armored block. Raises ValueError."""
-    lines = [ln.strip() for ln in armored[armored.index(_PUBLIC_BEGIN) :].splitlines()[1:]]
-    if "-----END PGP PUBLIC KEY BLOCK-----" not in lines:
-        raise ValueError("the PGP public key block has no END line (is it cut short?)")
-    lines = lines[: lines.index("-----END PGP PUBLIC KEY BLOCK-----")]
-    if "" in lines:  # armor headers ("Comment: ...") end at the first blank line
-        lines = lines[lines.index("") + 1 :]
-    body = "".join(ln for ln in lines if not ln.startswith("="))
     try:
-        data = base64.b64decode(body, validate=True)
-    except binascii.Error:
-        raise ValueError(
-            "the PGP public key block is damaged (its base64 does not decode)"
-        ) from None
+        data = keys.armor_body(armored, _PUBLIC_BEGIN, _PUBLIC_END)
+    except ValueError as exc:
+        raise ValueError(f"the PGP public key block {exc}") from None
     if not data or not data[0] & 0x80:
         raise ValueError("the PGP public key block holds no OpenPGP packets")
     return data[0] & 0x3F if data[0] & 0x40 else (data[0] >> 2) & 0x0F
@@ -400,6 +382,8 @@ class PgpDecrypt(FileStep):
             "default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\n"
         )
         try:
+            import gnupg
+
             gpg = gnupg.GPG(gnupghome=home)
         except (OSError, ValueError, RuntimeError) as exc:
             raise self._fatal(f"cannot run gpg: {exc}; install GnuPG (Debian: gnupg)") from exc

@@ -62,8 +62,8 @@ Faults, in this block's own words (no library message or traceback reaches the u
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -80,15 +80,18 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, TypeVar
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
 
-import paramiko
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from dataflow import keys
 from dataflow.block import BlockConfig, RemoteFile, Source
-from dataflow.errorfile import local_write_error
+from dataflow.errorfile import local_write_error, timestamp
 from dataflow.errors import AuthError, FatalError, FileRejected, FileSkipped
 from dataflow.faults import crash_point
+
+if TYPE_CHECKING:  # imported when the block opens: `dataflow validate` loads no crypto library
+    import paramiko
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +199,35 @@ class SftpReadConfig(BlockConfig):
         if self.password is None and self.private_key is None:
             raise ValueError("give password or private_key")
         if self.private_key is not None:
-            load_private_key(self.private_key.get_secret_value(), self.key_passphrase)
+            check_private_key_text(self.private_key.get_secret_value(), self.key_passphrase)
         return self
+
+
+def _key_block(text: str) -> str:
+    found = keys.armored(text, ("PRIVATE KEY-----",))
+    if found is None:
+        raise ValueError("private_key is neither a PEM/OpenSSH key nor base64 of one")
+    return found
+
+
+def check_private_key_text(text: str, passphrase: SecretStr | None) -> None:
+    """What can be told of a key from its text alone (validate loads no crypto library): its
+    armor, and that an encrypted key has a passphrase. `load_private_key` does the rest when
+    the block opens."""
+    block = _key_block(text)
+    try:
+        encrypted = keys.ssh_key_encrypted(block)
+    except ValueError as exc:
+        raise ValueError(f"private_key {exc}") from None
+    if encrypted and passphrase is None:
+        raise ValueError("private_key is encrypted: set key_passphrase")
 
 
 def load_private_key(text: str, passphrase: SecretStr | None) -> paramiko.PKey:
     """Parse an OpenSSH/PEM private key, or the base64 of one. Raises ValueError."""
-    text = text.strip()
-    if "-----BEGIN" not in text:
-        try:
-            text = base64.b64decode(text, validate=False).decode("utf-8").strip()
-        except (binascii.Error, UnicodeDecodeError):
-            raise ValueError("private_key is neither a PEM/OpenSSH key nor base64 of one") from None
+    import paramiko
+
+    text = _key_block(text)
     secret = passphrase.get_secret_value() if passphrase else None
     errors = []
     for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
@@ -217,9 +237,18 @@ def load_private_key(text: str, passphrase: SecretStr | None) -> paramiko.PKey:
             raise ValueError("private_key is encrypted: set key_passphrase") from None
         except (paramiko.SSHException, ValueError, TypeError) as exc:
             errors.append(str(exc))
-    if any("passphrase" in e.lower() or "decrypt" in e.lower() for e in errors):
+    wrong = any("passphrase" in e.lower() or "decrypt" in e.lower() for e in errors)
+    if wrong or (secret is not None and keys.ssh_key_encrypted(text)):
         raise ValueError("key_passphrase does not unlock private_key")
     raise ValueError("private_key is not a readable RSA, ECDSA or Ed25519 private key")
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _LocalWriteFailed(Exception):
@@ -249,6 +278,8 @@ class _HashingWriter:
 
 def connection_lost(exc: BaseException) -> bool:
     """A dropped connection or a server that stopped answering: worth a new connection."""
+    import paramiko
+
     if isinstance(exc, (EOFError, TimeoutError, ConnectionError, paramiko.SSHException)):
         return True
     return isinstance(exc, OSError) and str(exc) == "Socket is closed"
@@ -346,6 +377,8 @@ class SftpRead(Source):
         return f"{c.username}@{c.hostname}:{c.port}"
 
     def open(self) -> None:
+        import paramiko
+
         c = self.config
         known = self._known_host_keys()
         try:
@@ -389,6 +422,8 @@ class SftpRead(Source):
         return c.hostname if c.port == 22 else f"[{c.hostname}]:{c.port}"
 
     def _known_host_keys(self) -> dict[str, paramiko.PKey]:
+        import paramiko
+
         path = Path(self.config.known_hosts).expanduser()
         if not path.is_absolute():
             path = self.context.base_dir / path
@@ -426,10 +461,15 @@ class SftpRead(Source):
             )
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
+        import paramiko
+
         c = self.config
         try:
             if c.private_key is not None:
-                pkey = load_private_key(c.private_key.get_secret_value(), c.key_passphrase)
+                try:
+                    pkey = load_private_key(c.private_key.get_secret_value(), c.key_passphrase)
+                except ValueError as exc:  # our key: stop the run, keep every file
+                    raise AuthError(f"block {c.name!r}: {exc}; fix private_key") from None
                 transport.auth_publickey(c.username, pkey)
             if not transport.is_authenticated() and c.password is not None:
                 transport.auth_password(c.username, c.password.get_secret_value())
@@ -775,18 +815,22 @@ class SftpRead(Source):
         ratio = self.config.max_expansion_ratio
         return _Expansion(what, compressed, ratio, max(ratio * compressed, MIN_EXPANSION_BOUND))
 
-    def upload_error_file(self, local: Path, name: str, key: str, resumed: bool = False) -> str:
-        """Upload under ``.dataflow-<key>.tmp``, then rename to `name` (never overwriting).
+    def upload_error_file(self, local: Path, name: str) -> str:
+        """Upload under a hidden temporary name, then rename to `name` (never overwriting).
 
-        `resumed`: `name` was chosen by an interrupted attempt at this same file; if it exists,
-        that attempt's rename completed (renames are atomic), so it is not uploaded again.
+        Idempotent: the temporary name is derived from `name` (a retry replaces a stale one),
+        and a file with the same content already at `name` (or at a suffixed `name.<stamp>`,
+        where a taken name sends it) is an earlier attempt of this upload that completed
+        (renames are atomic): it is not uploaded again.
         """
         directory = self.config.error_directory
         self._ensure_dir(directory)
         final = posixpath.join(directory, name)
-        if resumed and self._exists(final):
-            return final
-        temp = posixpath.join(directory, f"{TEMP_PREFIX}{key}.tmp")
+        earlier = self._same_content(local, directory, name)
+        if earlier is not None:
+            return earlier
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        temp = posixpath.join(directory, f"{TEMP_PREFIX}{digest}.tmp")
 
         def put() -> None:
             with local.open("rb") as fh:
@@ -799,6 +843,37 @@ class SftpRead(Source):
             raise
         crash_point("error_temp")
         return self._rename_unique(temp, final)
+
+    def _same_content(self, local: Path, directory: str, name: str) -> str | None:
+        """The path of a file in `directory` named `name` (or `name.<suffix>`) whose bytes
+        equal `local`'s, if there is one (sizes compared first; content only on a match)."""
+        size = local.stat().st_size
+
+        def candidates() -> list[str]:
+            return [
+                posixpath.join(directory, entry.filename)
+                for entry in self.sftp.listdir_attr(directory)
+                if (entry.filename == name or entry.filename.startswith(name + "."))
+                and entry.st_size == size
+            ]
+
+        matches = self._retrying("listing of", directory, candidates)
+        if not matches:
+            return None
+        wanted = _sha256_of(local)
+        for path in matches:
+            remote = self._retrying("read of", path, functools.partial(self._remote_sha256, path))
+            if remote == wanted:
+                return path
+        return None
+
+    def _remote_sha256(self, path: str) -> str:
+        digest = hashlib.sha256()
+        with self.sftp.open(path, "rb") as remote:
+            remote.prefetch()
+            while block := remote.read(CHUNK):
+                digest.update(block)
+        return digest.hexdigest()
 
     def move_original(self, file: RemoteFile, failed: bool) -> str:
         directory = self.config.error_directory if failed else self.config.processed_directory
@@ -813,7 +888,7 @@ class SftpRead(Source):
 
     def _rename_unique(self, src: str, dst: str, reconnects: int = RECONNECTS) -> str:
         """Rename without ever overwriting: a taken name gets a timestamp suffix."""
-        candidates = [dst, f"{dst}.{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"]
+        candidates = [dst, f"{dst}.{timestamp()}"]
         candidates += [f"{candidates[1]}-{i}" for i in range(1, 50)]
         for candidate in candidates:
             if self._exists(candidate):

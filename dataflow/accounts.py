@@ -11,6 +11,7 @@ failed (`settle`), if the file is kept (a stop, the API down) it is not recorded
 the next run sends it again. A bulk request (one with a `requestId`) is checkpointed whole or
 not at all, so that a resumed run rebuilds it with the same rows and the same `requestId`,
 which the server recognises (809) instead of issuing twice.
+The lines the API failed are kept in `Progress.failed` for the ledger (`dataflow retry`).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Accounts:
         """The file finishes: rows that never got a verdict are reported as failed."""
         for error, row in self.unconfirmed:
             self.report.rows_failed += 1
+            self.progress.failed[error.line_no] = (error.status_code, error.message)
             self.errors.add(error, row)
         self.unconfirmed.clear()
 
@@ -103,12 +105,13 @@ class Accounts:
         return self.report.rows_succeeded + self.report.rows_failed
 
     def _checkpoint(self, verdicts: list[RecordResult]) -> None:
-        if self.checkpoints is not None and self.report.sha256:
-            self.checkpoints.ack(self.report.sha256, verdicts)
+        if self.checkpoints is not None and self.progress.key:
+            self.checkpoints.ack(self.progress.key, verdicts)
             crash_point("acked")
 
     def _failed(self, error: RowError, source: pd.DataFrame) -> None:
         self.report.rows_failed += 1
+        self.progress.failed[error.line_no] = (error.status_code, error.message)
         self.errors.add(error, values(source, error.line_no, error.raw))
 
 

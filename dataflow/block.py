@@ -10,12 +10,14 @@ and at most one Trigger (when it runs by itself; without one it runs only on dem
     FileStep.apply(path, workdir) -> path      (decrypt, ...; raises FileRejected)
     FileStep.protect_output(local, name, workdir) -> (local, name)   (before each upload)
     Transform.read(path) -> RowStream          (chunks of rows; bad rows are values)
-    Template.build_requests(chunk) -> [Request]
+    Sink.build_requests(records, source, file_id) -> [Request]   (the sink batches; the
+                                               template says what one request looks like)
     Sink.send(requests, on_result)             (async; one RecordResult per source line)
-    Source.upload_error_file(...), Source.move_original(...)
+    Source.upload_error_file(local, name), Source.move_original(file, failed)
 
-Each block type is one module in the top-level `blocks/` folder (import name `dataflow_blocks`) with a `Config` model (a `BlockConfig`)
-that declares every key once; that model drives validation, the docs and secret handling.
+Each block type is one module in the top-level `blocks/` folder (import name
+`dataflow_blocks`) with a `Config` model (a `BlockConfig`) that declares every key once; that
+model drives validation, the docs and secret handling.
 Blocks get their config and a `RunContext`, open their resources in `open()` and release them
 in `close()`, and translate library exceptions into `dataflow.errors` at their boundary.
 """
@@ -27,17 +29,46 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
 from dataflow.rows import Chunk, RecordResult, Request
-from dataflow.templates import Template
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BlockKind = Literal["source", "step", "transform", "sink", "trigger"]
 
 # (relative YAML path inside the block, message)
 CheckProblem = tuple[tuple[str | int, ...], str]
+
+
+class Template(Protocol):
+    """What a destination API's record format offers the blocks: the fields a transform
+    must produce (name -> kind), and how records become requests and answers verdicts. The
+    Capillary badge templates (`dataflow.templates`) are one implementation."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def fields(self) -> dict[str, str]: ...  # mandatory field -> kind
+    @property
+    def all_fields(self) -> dict[str, str]: ...  # mandatory and optional
+    @property
+    def group_by(self) -> tuple[str, ...]: ...  # fields whose rows share one request
+    @property
+    def row_rule(self) -> Callable[[pd.DataFrame], pd.Series[Any]] | None: ...
+    @property
+    def build_requests(
+        self,
+    ) -> Callable[[Any, pd.DataFrame, pd.DataFrame, int, str], Iterator[Request]]: ...
+    @property
+    def parse_response(self) -> Callable[[Request, int, Any], list[RecordResult]]: ...
 
 
 class BlockConfig(BaseModel):
@@ -106,11 +137,12 @@ class Source(Block):
         """Stream `file` to `dest`; return the SHA-256 hex digest of its bytes."""
 
     @abc.abstractmethod
-    def upload_error_file(self, local: Path, name: str, key: str, resumed: bool = False) -> str:
+    def upload_error_file(self, local: Path, name: str) -> str:
         """Upload atomically to the error directory under `name`; return the final path.
 
-        `key` names the temporary upload (one per file, so a retry replaces a stale one);
-        `resumed` says `name` was chosen by an interrupted attempt that may have completed.
+        Never overwrites (a taken name gets a suffix), and is idempotent: asked again for the
+        same `local` and `name` (a resumed run), an identical file already uploaded is the
+        answer, not a second copy.
         """
 
     @abc.abstractmethod
@@ -164,12 +196,25 @@ class Transform(Block):
     def read(self, path: Path) -> RowStream:
         """Open `path` and check its header; raise FileRejected if it cannot be used."""
 
+    @property
+    def delimiter(self) -> str:
+        """The source's field delimiter: the error file written back uses the same."""
+        return ","
+
 
 OnResult = Callable[[Request, list[RecordResult]], None]
 
 
 class Sink(Block):
     kind = "sink"
+
+    @abc.abstractmethod
+    def build_requests(
+        self, records: pd.DataFrame, source: pd.DataFrame, file_id: str
+    ) -> Iterator[Request]:
+        """The requests for one chunk's valid records, batched as this sink sends them; the
+        template decides what each request looks like. `file_id` identifies the file's
+        content (and send), so request ids are deterministic."""
 
     @abc.abstractmethod
     async def send(self, requests: AsyncIterator[Request], on_result: OnResult) -> None:

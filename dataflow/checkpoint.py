@@ -1,6 +1,9 @@
 """Checkpoints: what the API already acknowledged for a file, so a crashed run resumes.
 
-A file in progress is known by its content (SHA-256). Every request's verdicts are
+A file in progress is known by its send key: its content (SHA-256) for the first send, and
+``<sha256>:send<n>`` for the n-th send of the same content again (``run --force``,
+``retry``; see `send_key`). The send number is recorded here before the first request, so a
+send resumed after a crash derives the same bulk requestIds. Every request's verdicts are
 committed (their line numbers and the failures among them) before the next result is
 processed, so after a crash, even ``kill -9``, the next run skips every acknowledged row and
 re-sends at most the requests that were in flight (``concurrency`` requests of
@@ -19,6 +22,7 @@ import json
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +36,10 @@ CREATE TABLE IF NOT EXISTS progress (
     lineage_id TEXT NOT NULL,
     error_name TEXT,
     error_path TEXT,
-    PRIMARY KEY (dataflow, sha256)
+    content TEXT,  -- the content's SHA-256 (NULL in older state: sha256 is the content)
+    send_no INTEGER NOT NULL DEFAULT 0,
+    retry_of TEXT,  -- a retry's original lineage
+    PRIMARY KEY (dataflow, sha256)  -- sha256 holds the send key (see send_key)
 );
 CREATE TABLE IF NOT EXISTS acks (
     dataflow TEXT NOT NULL,
@@ -42,6 +49,20 @@ CREATE TABLE IF NOT EXISTS acks (
 );
 CREATE INDEX IF NOT EXISTS acks_by_file ON acks (dataflow, sha256);
 """
+# columns added after the first release, added to older state: (table, column, declaration)
+COLUMNS = (
+    ("progress", "content", "TEXT"),  # the content's SHA-256 (NULL: sha256 is the content)
+    ("progress", "send_no", "INTEGER NOT NULL DEFAULT 0"),
+    ("progress", "retry_of", "TEXT"),  # a retry's original lineage
+)
+
+
+def send_key(sha256: str, send_no: int) -> str:
+    """The identity of one send of a content: its checkpoint key and the `file_id` its bulk
+    requestIds derive from. The first send is the content hash itself (the ids of every earlier
+    version); the n-th send again is ``<sha256>:send<n>``, so the API does not take its
+    requests for the first send's (809) and a resumed send derives the same ids again."""
+    return sha256 if send_no == 0 else f"{sha256}:send{send_no}"
 
 
 @dataclass
@@ -49,11 +70,16 @@ class Progress:
     """What is known of one file from earlier, interrupted runs."""
 
     lineage_id: str
+    key: str = ""  # the send key (`send_key`); the checkpoint's and the requestIds' identity
+    send_no: int = 0
     resumed: bool = False
     acked: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     failures: dict[int, tuple[str, str]] = field(default_factory=dict)
     error_name: str | None = None
     error_path: str | None = None
+    # line -> (code, message) of every row the API failed in this send, kept by the ledger
+    # when the file finishes so that `dataflow retry` can send them again
+    failed: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     def acked_mask(self, lines: np.ndarray) -> np.ndarray:
         """True for each line number already acknowledged by the API."""
@@ -68,24 +94,29 @@ class Checkpoints:
         self.db = db  # the ledger's connection; the ledger created SCHEMA
         self.dataflow = dataflow
 
-    def open(self, sha256: str, name: str) -> Progress:
-        row = self.db.execute(
-            "SELECT lineage_id, error_name, error_path FROM progress "
-            "WHERE dataflow = ? AND sha256 = ?",
-            (self.dataflow, sha256),
-        ).fetchone()
+    def open(
+        self, sha256: str, name: str, send_no: int = 0, retry_of: str | None = None
+    ) -> Progress:
+        """The checkpoint of a send of this content: for the first send (`send_no` 0) the one
+        of the content; for a send again, an interrupted one of the same kind (a forced send,
+        or a retry of `retry_of`) if there is one, else a new one numbered `send_no`."""
+        row = self._find(sha256, send_no, retry_of)
         if row is None:
             lineage = str(uuid.uuid4())
+            key = send_key(sha256, send_no)
             self.db.execute(
-                "INSERT INTO progress (dataflow, sha256, name, lineage_id) VALUES (?, ?, ?, ?)",
-                (self.dataflow, sha256, name, lineage),
+                "INSERT INTO progress (dataflow, sha256, name, lineage_id, content, send_no, "
+                "retry_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.dataflow, key, name, lineage, sha256, send_no, retry_of),
             )
-            return Progress(lineage)
-        progress = Progress(row[0], True, error_name=row[1], error_path=row[2])
+            return Progress(lineage, key, send_no)
+        key, lineage, error_name, error_path, send_no = row
+        progress = Progress(lineage, key, send_no, True, error_name=error_name)
+        progress.error_path = error_path
         chunks = []
         for blob, failures in self.db.execute(
             "SELECT lines, failures FROM acks WHERE dataflow = ? AND sha256 = ?",
-            (self.dataflow, sha256),
+            (self.dataflow, key),
         ):
             chunks.append(np.frombuffer(blob, dtype=np.int64))
             for line, code, message in json.loads(failures or "[]"):
@@ -96,25 +127,53 @@ class Checkpoints:
             progress.acked[lines] = True
         return progress
 
-    def ack(self, sha256: str, results: list[RecordResult]) -> None:
-        """Commit one request's results (one transaction, before anything else happens)."""
+    def _find(self, sha256: str, send_no: int, retry_of: str | None) -> Any:
+        columns = "SELECT sha256, lineage_id, error_name, error_path, send_no FROM progress"
+        if send_no == 0:
+            where, args = "sha256 = ?", (sha256,)
+        elif retry_of is None:  # an interrupted forced send of this content
+            where = "COALESCE(content, sha256) = ? AND send_no > 0 AND retry_of IS NULL"
+            args = (sha256,)
+        else:
+            where, args = "retry_of = ?", (retry_of,)
+        return self.db.execute(
+            f"{columns} WHERE dataflow = ? AND {where} ORDER BY send_no DESC LIMIT 1",
+            (self.dataflow, *args),
+        ).fetchone()
+
+    def interrupted_send(self, sha256: str) -> bool:
+        """True when a forced send of this content was interrupted: it is resumed, by any run."""
+        return self._find(sha256, 1, None) is not None
+
+    def highest_send(self, sha256: str) -> int:
+        """The highest send number of this content that has a checkpoint (0: none)."""
+        row = self.db.execute(
+            "SELECT MAX(send_no) FROM progress "
+            "WHERE dataflow = ? AND COALESCE(content, sha256) = ?",
+            (self.dataflow, sha256),
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def ack(self, key: str, results: list[RecordResult]) -> None:
+        """Commit one request's results (one transaction, before anything else happens);
+        `key` is the send's (`Progress.key`)."""
         lines = np.array([r.line_no for r in results], dtype=np.int64)
         failures = [[r.line_no, r.status_code, r.message] for r in results if not r.ok]
         self.db.execute(
             "INSERT INTO acks (dataflow, sha256, lines, failures) VALUES (?, ?, ?, ?)",
-            (self.dataflow, sha256, lines.tobytes(), json.dumps(failures) if failures else None),
+            (self.dataflow, key, lines.tobytes(), json.dumps(failures) if failures else None),
         )
 
-    def error_file(self, sha256: str, *, name: str | None = None, path: str | None = None) -> None:
+    def error_file(self, key: str, *, name: str | None = None, path: str | None = None) -> None:
         column, value = ("error_name", name) if name is not None else ("error_path", path)
         self.db.execute(
             f"UPDATE progress SET {column} = ? WHERE dataflow = ? AND sha256 = ?",
-            (value, self.dataflow, sha256),
+            (value, self.dataflow, key),
         )
 
-    def forget(self, sha256: str) -> None:
-        """The file is finished: its checkpoint is no longer needed."""
+    def forget(self, key: str) -> None:
+        """The send is finished: its checkpoint is no longer needed."""
         for table in ("acks", "progress"):
             self.db.execute(
-                f"DELETE FROM {table} WHERE dataflow = ? AND sha256 = ?", (self.dataflow, sha256)
+                f"DELETE FROM {table} WHERE dataflow = ? AND sha256 = ?", (self.dataflow, key)
             )

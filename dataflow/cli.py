@@ -1,4 +1,9 @@
-"""The ``dataflow`` command: validate, run, schedule, runs."""
+"""The ``dataflow`` command (click): validate, run, retry, schedule, runs, ui, check, schema.
+
+Every command's ``--help`` ends with an example. ``-v`` and ``--log-format`` are accepted
+before or after the command. Usage errors exit 2 with click's message; the other exit codes
+are each command's own (contract §4 and §8).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import click
 
 from dataflow import __version__, console, logs
 from dataflow.errors import ConfigError, StateError
@@ -34,97 +42,111 @@ def _setup_logging(verbose: bool, log_format: LogFormat = "text") -> None:
     logging.getLogger("paramiko").setLevel(logging.WARNING if verbose else logging.CRITICAL + 1)
 
 
+class _Converted(click.ParamType[Any]):
+    """A click type from a text -> value function that raises argparse.ArgumentTypeError."""
+
+    def __init__(self, name: str, convert: Callable[[str], Any]) -> None:
+        self.name = name
+        self._convert = convert
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return self._convert(value)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ADDRESS = _Converted("HOST:PORT", console.parse_address)
+SINCE = _Converted("DATE", console.date_bound)
+UNTIL = _Converted("DATE", lambda text: console.date_bound(text, end=True))
+PATH = click.Path(path_type=Path)
+LOG_FORMAT_HELP = "log lines as text (default) or JSON objects"
+
+
+def _example(*lines: str) -> str:
+    """A help epilog with examples, kept as written (click rewraps paragraphs otherwise)."""
+    return "\b\nExample:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+@click.group(
+    name="dataflow",
+    help="Scheduled, YAML-configured file-ingestion dataflows (SFTP -> PGP -> mapping -> API).",
+    epilog=_example("dataflow validate configs/acme/*.yaml", "dataflow run configs/acme/x.yaml"),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@click.version_option(__version__, prog_name="dataflow", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.option("--log-format", type=click.Choice(logs.FORMATS), default="text", help=LOG_FORMAT_HELP)
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, log_format: str) -> None:
+    ctx.obj = {"verbose": verbose, "log_format": log_format}
+
+
+Handler = Callable[..., int]
+
+
+def command(
+    name: str, help: str, example: tuple[str, ...], **settings: Any
+) -> Callable[[Handler], click.Command]:
+    """A subcommand that also takes -v and --log-format after its name, sets up logging from
+    both positions (the later wins), then calls the handler with its own arguments."""
+
+    def decorate(handler: Handler) -> click.Command:
+        @click.option("-v", "--verbose", "sub_verbose", is_flag=True, help="debug logging")
+        @click.option(
+            "--log-format", "sub_log_format", type=click.Choice(logs.FORMATS), help=LOG_FORMAT_HELP
+        )
+        @click.pass_context
+        def callback(
+            ctx: click.Context, /, sub_verbose: bool, sub_log_format: str | None, **kwargs: Any
+        ) -> int:
+            top = ctx.find_root().obj or {}
+            verbose = bool(top.get("verbose")) or sub_verbose
+            log_format: LogFormat = sub_log_format or top.get("log_format") or "text"  # type: ignore[assignment]
+            _setup_logging(verbose, log_format)
+            code = int(handler(verbose=verbose, log_format=log_format, **kwargs))
+            if code:
+                ctx.exit(code)  # also under click's standalone mode (its CliRunner)
+            return code
+
+        callback.__doc__ = handler.__doc__
+        own = getattr(callback, "__click_params__", [])
+        callback.__click_params__ = [*own, *getattr(handler, "__click_params__", [])]  # type: ignore[attr-defined]
+        short = help.split(";")[0].split(". ")[0]
+        settings.setdefault("short_help", short)
+        return cli.command(name, help=help, epilog=_example(*example), **settings)(callback)
+
+    return decorate
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dataflow", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"dataflow {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    log_format = {"choices": logs.FORMATS, "help": "log lines as text (default) or JSON objects"}
-    parser.add_argument("--log-format", default="text", **log_format)  # type: ignore[arg-type]
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("validate", help="check dataflow files without connecting")
-    p.add_argument("files", nargs="+", type=Path)
-
-    p = sub.add_parser("run", help="process every matching file now")
-    p.add_argument("file", type=Path)
-    p.add_argument(
-        "--dry-run", action="store_true", help="transform and report; no API calls, no files moved"
-    )
-    p.add_argument("--json", action="store_true", help="print the run report to stdout")
-
-    p = sub.add_parser("schedule", help="run enabled dataflows on their triggers")
-    p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument(
-        "--http", type=console.parse_address, metavar="HOST:PORT", help="serve page and metrics"
-    )
-
-    p = sub.add_parser("ui", help="serve the run-history page and metrics, without scheduling")
-    p.add_argument("paths", nargs="*", type=Path, help="dataflow files (for their next runs)")
-    p.add_argument("--http", type=console.parse_address, metavar="HOST:PORT", required=True)
-
-    p = sub.add_parser(
-        "check",
-        help="pre-flight against the real servers (SFTP, PGP key, API), changing nothing",
-        description="One line per check: ok, or FAIL with what to fix. Exit 0 all passed, "
-        "1 a check failed, 2 a file is invalid. Example: dataflow check configs/acme/*.yaml",
-    )
-    p.add_argument("files", nargs="+", type=Path)
-
-    p = sub.add_parser(
-        "schema",
-        help="print the JSON Schema of a dataflow file (every block type, plugins too)",
-        description="Example: dataflow schema > dataflow.schema.json, then put "
-        "'# yaml-language-server: $schema=./dataflow.schema.json' atop a dataflow file",
-    )
-    p.add_argument("--docs", action="store_true", help="print the blocks reference (Markdown)")
-
-    p = sub.add_parser("runs", help="run history with per-file counts")
-    p.add_argument("name", nargs="?")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--since", type=console.date_bound, help="runs started on/after (ISO date)")
-    p.add_argument(
-        "--until",
-        type=lambda text: console.date_bound(text, end=True),
-        help="runs started before the end of (ISO date)",
-    )
-    p.add_argument("--errors", action="store_true", help="show each file's error summary")
-    p.add_argument("--table", action="store_true", help="a table also when not on a terminal")
-    for each in sub.choices.values():  # also accepted after the command
-        each.add_argument("--log-format", default=argparse.SUPPRESS, **log_format)  # type: ignore[arg-type]
-
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose, args.log_format)
-    handler = {"validate": _validate, "run": _run, "schedule": _schedule, "runs": _runs}
-    handler["ui"] = _ui
-    handler["check"] = _check
-    handler["schema"] = _schema
-    return int(handler[args.command](args))
+    """Run the command line; return the exit code (usage errors: 2, with click's message)."""
+    try:
+        result = cli.main(args=argv, prog_name="dataflow", standalone_mode=False)
+    except click.exceptions.Exit as exc:  # --help, --version
+        return int(exc.exit_code)
+    except click.ClickException as exc:  # a usage error: 2
+        exc.show()
+        return int(exc.exit_code)
+    except click.exceptions.Abort:  # Ctrl-C at a prompt
+        print("aborted", file=sys.stderr)
+        return 130
+    return int(result or 0)
 
 
-def _check(args: argparse.Namespace) -> int:
-    from dataflow import check
-
-    if not args.verbose:  # the check lines say it all; the blocks' progress lines would not
-        logging.getLogger().setLevel(logging.WARNING)
-    return check.main(args.files)
-
-
-def _schema(args: argparse.Namespace) -> int:
-    from dataflow import schema
-
-    if args.docs:
-        sys.stdout.write(schema.blocks_markdown())
-    else:
-        print(json.dumps(schema.dataflow_schema(), indent=2))
-    return 0
-
-
-def _validate(args: argparse.Namespace) -> int:
+@command(
+    "validate",
+    "check dataflow files without connecting; exit 0 valid, 2 invalid",
+    ("dataflow validate configs/acme/*.yaml",),
+)
+@click.argument("files", nargs=-1, required=True, type=PATH)
+def _validate(files: tuple[Path, ...], **_: Any) -> int:
     from dataflow.config import load_dataflow
 
     bad = False
-    for path in args.files:
+    for path in files:
         try:
             dataflow = load_dataflow(path)
         except ConfigError as exc:
@@ -139,26 +161,124 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_CONFIG if bad else 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from dataflow.config import load_dataflow
+@command(
+    "run",
+    "process every matching file now; exit 0 success or no files, 3 partial, 1 failure, "
+    "2 config error",
+    (
+        "dataflow run configs/acme/earned.yaml --json",
+        "dataflow run configs/acme/earned.yaml --force   # send again content already done",
+    ),
+)
+@click.argument("file", type=PATH)
+@click.option("--dry-run", is_flag=True, help="transform and report; no API calls, no files moved")
+@click.option("--json", "as_json", is_flag=True, help="print the run report to stdout")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="also process files whose content this dataflow already completed (a new lineage, "
+    "new bulk requestIds)",
+)
+def _run(file: Path, dry_run: bool, as_json: bool, force: bool, log_format: str, **_: Any) -> int:
     from dataflow.runner import run
 
+    dataflow = _load(file)
+    if dataflow is None:
+        return EXIT_CONFIG
+    return _report(
+        lambda: run(dataflow, dry_run=dry_run, force=force), as_json, log_format == "text"
+    )
+
+
+@command(
+    "retry",
+    "send again only the rows of a processed file (LINEAGE_ID) that failed at the "
+    "destination; a new lineage and error file; exit codes as run (2 also: this lineage "
+    "cannot be retried)",
+    (
+        "dataflow runs acme-earned-badges --json   # the lineage_id of each file",
+        "dataflow retry configs/acme/earned.yaml 6f1c...-lineage-id --json",
+    ),
+)
+@click.argument("file", type=PATH)
+@click.argument("lineage_id")
+@click.option("--json", "as_json", is_flag=True, help="print the run report to stdout")
+def _retry(file: Path, lineage_id: str, as_json: bool, log_format: str, **_: Any) -> int:
+    from dataflow.ledger import RetryRefused
+    from dataflow.runner import NothingToRetry, retry
+
+    dataflow = _load(file)
+    if dataflow is None:
+        return EXIT_CONFIG
     try:
-        dataflow = load_dataflow(args.file)
+        return _report(lambda: retry(dataflow, lineage_id), as_json, log_format == "text")
+    except NothingToRetry as exc:
+        print(f"dataflow retry: {redact(str(exc))}", file=sys.stderr)
+        return 0
+    except RetryRefused as exc:
+        print(f"dataflow retry: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _load(file: Path) -> Any:
+    """The dataflow of `file`, or None after printing its problems (exit 2)."""
+    from dataflow.config import load_dataflow
+
+    try:
+        return load_dataflow(file)
     except ConfigError as exc:
         for problem in exc.problems:
             print(redact(str(problem)), file=sys.stderr)
-        return EXIT_CONFIG
+        return None
+
+
+def _report(job: Callable[[], RunReport], as_json: bool, text_logs: bool) -> int:
+    """Run `job` (with the progress bar on a terminal), print its summary (and report)."""
     from dataflow.shutdown import install_handlers
 
     install_handlers()
-    bar = console.stderr_is_terminal() and args.log_format == "text"
+    bar = console.stderr_is_terminal() and text_logs
     with console.progress(bar):  # rich progress on a terminal, only log lines elsewhere
-        report = run(dataflow, dry_run=args.dry_run)
+        report = job()
     _print_summary(report)
-    if args.json:
+    if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     return EXIT_CODES[report.status]
+
+
+@command(
+    "check",
+    "pre-flight against the real servers (SFTP, PGP key, API), changing nothing. One line "
+    "per check: ok, or FAIL with what to fix. Exit 0 all passed, 1 a check failed, 2 a file "
+    "is invalid",
+    ("dataflow check configs/acme/*.yaml",),
+)
+@click.argument("files", nargs=-1, required=True, type=PATH)
+def _check(files: tuple[Path, ...], verbose: bool, **_: Any) -> int:
+    from dataflow import check
+
+    if not verbose:  # the check lines say it all; the blocks' progress lines would not
+        logging.getLogger().setLevel(logging.WARNING)
+    return check.main(list(files))
+
+
+@command(
+    "schema",
+    "print the JSON Schema of a dataflow file (every block type, plugins too)",
+    (
+        "dataflow schema > dataflow.schema.json, then put",
+        "'# yaml-language-server: $schema=./dataflow.schema.json' atop a dataflow file",
+    ),
+)
+@click.option("--docs", is_flag=True, help="print the blocks reference (Markdown)")
+def _schema(docs: bool, **_: Any) -> int:
+    from dataflow import schema
+
+    if docs:
+        sys.stdout.write(schema.blocks_markdown())
+    else:
+        print(json.dumps(schema.dataflow_schema(), indent=2))
+    return 0
 
 
 def _print_summary(report: RunReport) -> None:
@@ -175,6 +295,10 @@ def _print_summary(report: RunReport) -> None:
             f"{f.rows_filtered} blank; accuracy {accuracy}",
             file=out,
         )
+        if f.retry_of:
+            print(f"    retry of lineage {f.retry_of} (send {f.send_no})", file=out)
+        elif f.send_no:
+            print(f"    sent again (send {f.send_no} of this content)", file=out)
         if f.processed_path:
             print(f"    original  -> {f.processed_path}", file=out)
         if f.error_file:
@@ -183,47 +307,95 @@ def _print_summary(report: RunReport) -> None:
             print(f"    reason: {f.reason}", file=out)
 
 
-def _schedule(args: argparse.Namespace) -> int:
+@command(
+    "schedule",
+    "run enabled dataflows on their triggers until SIGTERM/SIGINT",
+    (
+        "dataflow schedule configs/",
+        "dataflow schedule configs/ --http 127.0.0.1:8080   # also the page and /metrics",
+    ),
+)
+@click.argument("paths", nargs=-1, required=True, type=PATH)
+@click.option("--http", type=ADDRESS, metavar="HOST:PORT", help="serve page and metrics")
+def _schedule(paths: tuple[Path, ...], http: tuple[str, int] | None, **_: Any) -> int:
     from dataflow.scheduler import serve
 
-    return serve(args.paths, http=args.http)
+    return serve(list(paths), http=http)
 
 
-def _ui(args: argparse.Namespace) -> int:
+@command(
+    "ui",
+    "serve the run-history page and metrics, without scheduling",
+    ("dataflow ui configs/ --http 127.0.0.1:8080",),
+)
+@click.argument("paths", nargs=-1, type=PATH)
+@click.option(
+    "--http",
+    type=ADDRESS,
+    metavar="HOST:PORT",
+    required=True,
+    help="where to serve the page, /metrics and /healthz",
+)
+def _ui(paths: tuple[Path, ...], http: tuple[str, int], **_: Any) -> int:
+    """PATHS: dataflow files or folders (for their next runs)."""
     from dataflow import web
     from dataflow.errors import FatalError
     from dataflow.ledger import state_dir
 
     try:
-        site = web.Site(state_dir(), web.triggers_of(args.paths))
-        return web.serve_ui(args.http, site)
+        site = web.Site(state_dir(), web.triggers_of(list(paths)))
+        return web.serve_ui(http, site)
     except FatalError as exc:
         print(f"dataflow ui: {exc}", file=sys.stderr)
         return 1
 
 
-def _runs(args: argparse.Namespace) -> int:
+@command(
+    "runs",
+    "run history with per-file counts",
+    (
+        "dataflow runs acme-earned-badges --since 2026-11-01 --errors",
+        "dataflow runs --json --limit 5",
+    ),
+)
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="print the history as JSON")
+@click.option("--limit", type=int, default=20, show_default=True, help="at most this many runs")
+@click.option("--since", type=SINCE, help="runs started on/after (ISO date)")
+@click.option("--until", type=UNTIL, help="runs started before the end of (ISO date)")
+@click.option("--errors", is_flag=True, help="show each file's error summary")
+@click.option("--table", is_flag=True, help="a table also when not on a terminal")
+def _runs(
+    name: str | None,
+    as_json: bool,
+    limit: int,
+    since: str | None,
+    until: str | None,
+    errors: bool,
+    table: bool,
+    **_: Any,
+) -> int:
     from dataflow.ledger import Ledger
 
     try:
         ledger = Ledger()
         try:
-            history = ledger.history(args.name, args.limit, args.since, args.until)
-            errors = _error_summaries(ledger, history) if args.errors else {}
+            history = ledger.history(name, limit, since, until)
+            summaries = _error_summaries(ledger, history) if errors else {}
         finally:
             ledger.close()
     except StateError as exc:
         print(f"dataflow runs: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        for run in history if args.errors else []:
+    if as_json:
+        for run in history if errors else []:
             for f in run["files"]:
-                rows = errors.get((run["run_id"], f["lineage_id"]), [])
+                rows = summaries.get((run["run_id"], f["lineage_id"]), [])
                 f["errors"] = [dict(zip(SUMMARY_KEYS, r, strict=True)) for r in rows]
         print(json.dumps(history, indent=2))
         return 0
-    if args.table or sys.stdout.isatty():
-        console.runs_table(history, errors)
+    if table or sys.stdout.isatty():
+        console.runs_table(history, summaries)
         return 0
     for run in history:
         print(
@@ -234,7 +406,7 @@ def _runs(args: argparse.Namespace) -> int:
             print(f"    {run['reason']}")
         for f in run["files"]:
             print("    " + _file_line(f))
-            for stage, code, message, count in errors.get((run["run_id"], f["lineage_id"]), []):
+            for stage, code, message, count in summaries.get((run["run_id"], f["lineage_id"]), []):
                 print(f"        {count} x {stage} {code}: {message}")
     if not history:
         print("no runs recorded", file=sys.stderr)
@@ -254,6 +426,7 @@ def _file_line(f: dict[str, Any]) -> str:
         f"{f['name']}: {f['status']}  total {total}, sent {f['rows_sent']}, "
         f"ok {f['rows_succeeded']}, rejected {f['rows_rejected']}, failed "
         f"{f['rows_failed']}, accuracy {accuracy}"
+        + (f", retry of {f['retry_of']}" if f.get("retry_of") else "")
     )
 
 

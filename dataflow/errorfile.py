@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import re
+import time
 from collections import Counter
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +30,14 @@ MAX_KINDS = 200  # distinct (stage, code, message) counted per file; the rest is
 SUMMARY_ROWS = 20  # the commonest kept in the ledger's error_summary
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+STAMP_FORMAT = "%Y%m%d%H%M%S"  # contract §3: result_<stamp>_<name>, and a taken name's suffix
+
+
+def timestamp(when: float | None = None) -> str:
+    """The contract's ``YYYYMMDDHHMMSS`` stamp, in UTC (now by default)."""
+    return time.strftime(STAMP_FORMAT, time.gmtime(when))
 
 
 def error_file_name(original: str, stamp: str) -> str:

@@ -10,10 +10,12 @@
     │   └── Stopped            SIGTERM/SIGINT: in-flight requests finished, the rest resumes
     ├── FileRejected           this file cannot be processed: it goes to error_directory with a
     │                          one-row error file, and the next file goes on
-    ├── FileSkipped            this file cannot be taken now (the server refuses to let us read
-    │                          it): it stays where it is, is reported, and the next file goes on
-    └── TransientError         a network hiccup: retried by the block that raised it, surfaces as
-                               FatalError when retries are exhausted
+    └── FileSkipped            this file cannot be taken now (the server refuses to let us read
+                               it): it stays where it is, is reported, and the next file goes on
+
+A network hiccup is not an exception of ours: the block that meets it retries it under one
+`dataflow.ratelimit.RetryPolicy` (the HTTP sink and the OAuth client share it; sftp_read
+reconnects), and when retries are used up it raises `ApiDown` or a `FatalError`.
 
 A bad *row* is never an exception: it is a value (`dataflow.rows.RowError`) routed to the error
 file. Foreign exceptions (paramiko, gnupg, httpx, pyarrow) are translated at the block boundary
@@ -86,7 +88,3 @@ class FileRejected(DataflowError):
 
 class FileSkipped(DataflowError):
     """This file cannot be taken now (unreadable on the server); it stays where it is."""
-
-
-class TransientError(DataflowError):
-    """A recoverable failure (timeout, connection reset, 5xx) worth retrying."""

@@ -21,13 +21,15 @@ import hashlib
 import logging
 import math
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from dataflow.errors import ApiDown, AuthError, FatalError
-from dataflow.ratelimit import backoff
+from dataflow.ratelimit import RetryPolicy
+
+if TYPE_CHECKING:  # imported when requests are sent: loading a dataflow file stays light
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +81,9 @@ class BasicAuth(Auth):
 class OAuthToken(Auth):
     renewable = True
 
-    def __init__(self, config: OAuthConfig, max_retries: int) -> None:
+    def __init__(self, config: OAuthConfig, retry: RetryPolicy) -> None:
         self.config = config
-        self.max_retries = max_retries
+        self.retry = retry
         self._token: str | None = None
         self._renew_at = 0.0
         self._lock = asyncio.Lock()
@@ -104,28 +106,33 @@ class OAuthToken(Auth):
             "key": self.config.client_key.get_secret_value(),
             "secret": self.config.client_secret.get_secret_value(),
         }
-        attempt = 0
+        import httpx
+
+        failures = 0
         while True:
             asked_at = time.monotonic()
             try:
                 response = await client.post(self.config.token_endpoint, json=body)
             except httpx.TransportError as exc:
-                attempt += 1
-                if attempt > self.max_retries:
+                failures += 1
+                wait = self.retry.delay(failures)
+                if wait is None:
                     raise ApiDown(
                         f"cannot reach the OAuth token endpoint: {type(exc).__name__}"
                     ) from exc
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(wait)
                 continue
             if response.status_code in (400, 401, 403):
                 raise AuthError(
                     f"the OAuth token request was refused (HTTP {response.status_code}); "
                     "check client_key and client_secret"
                 )
-            if response.status_code >= 500 and attempt < self.max_retries:
-                attempt += 1
-                await asyncio.sleep(backoff(attempt))
-                continue
+            if self.retry.recoverable(response.status_code):
+                failures += 1
+                wait = self.retry.delay(failures)
+                if wait is not None:
+                    await asyncio.sleep(wait)
+                    continue
             break
         token, ttl = _parse_token(response)
         self.fetches += 1

@@ -16,14 +16,17 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from dataflow.checkpoint import COLUMNS as CHECKPOINT_COLUMNS
 from dataflow.checkpoint import SCHEMA as CHECKPOINT_SCHEMA
-from dataflow.checkpoint import Checkpoints
-from dataflow.errors import StateError
+from dataflow.checkpoint import Checkpoints, send_key
+from dataflow.errors import DataflowError, StateError
 from dataflow.report import FileReport, RunReport
 
 SCHEMA = """
@@ -47,6 +50,8 @@ CREATE TABLE IF NOT EXISTS files (
     rows_total INTEGER, rows_filtered INTEGER, rows_rejected INTEGER,
     rows_sent INTEGER, rows_succeeded INTEGER, rows_failed INTEGER,
     processed_path TEXT, error_file TEXT, reason TEXT,
+    send_no INTEGER NOT NULL DEFAULT 0,  -- 0: the content's first send; n: its n-th again
+    retry_of TEXT,  -- the lineage a `dataflow retry` sent again
     PRIMARY KEY (run_id, lineage_id)
 );
 CREATE INDEX IF NOT EXISTS files_by_content ON files (dataflow, sha256, status);
@@ -64,6 +69,14 @@ CREATE TABLE IF NOT EXISTS error_summary (  -- the commonest errors of a file (d
     count INTEGER NOT NULL,
     PRIMARY KEY (run_id, lineage_id, stage, code, message)
 );
+CREATE TABLE IF NOT EXISTS line_failures (  -- rows the API failed, per finished lineage (retry)
+    dataflow TEXT NOT NULL,
+    lineage_id TEXT NOT NULL,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    lines BLOB NOT NULL,  -- int64 line numbers (header = 1) that failed with this code, message
+    PRIMARY KEY (dataflow, lineage_id, code, message)
+);
 CREATE TABLE IF NOT EXISTS counters (  -- counts kept outside the files table (dataflow.metrics)
     name TEXT NOT NULL,
     dataflow TEXT NOT NULL,
@@ -72,6 +85,22 @@ CREATE TABLE IF NOT EXISTS counters (  -- counts kept outside the files table (d
     PRIMARY KEY (name, dataflow, label)
 );
 """
+# columns added after the first release, added to an older ledger.db when it is opened
+COLUMNS = (
+    ("files", "send_no", "INTEGER NOT NULL DEFAULT 0"),  # 0: first send; n: n-th send again
+    ("files", "retry_of", "TEXT"),  # the lineage a `dataflow retry` sent again
+    *CHECKPOINT_COLUMNS,
+)
+FILE_COLUMNS = (
+    "run_id, dataflow, name, size, sha256, lineage_id, status, rows_total, rows_filtered, "
+    "rows_rejected, rows_sent, rows_succeeded, rows_failed, processed_path, error_file, reason, "
+    "send_no, retry_of"
+)
+MESSAGE_CHARS = 500  # a failure's message as kept for a retry (the error file has it whole)
+
+
+class RetryRefused(DataflowError):
+    """`dataflow retry` cannot send this lineage again (unknown, unfinished, already retried)."""
 
 
 def state_dir_path() -> Path:
@@ -141,10 +170,18 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
             self._db.executescript(SCHEMA + CHECKPOINT_SCHEMA)
+            self._migrate()
         except StateError:
             self._db.close()
             raise
         self._checkpoints: dict[str, Checkpoints] = {}
+
+    def _migrate(self) -> None:
+        """Add the columns a state directory of an earlier version lacks."""
+        for table, column, declaration in COLUMNS:
+            names = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in names:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def checkpoints(self, dataflow: str) -> Checkpoints:
         if dataflow not in self._checkpoints:
@@ -207,10 +244,15 @@ class Ledger:
             )
 
     def finish_file(
-        self, run: RunReport, f: FileReport, errors: Sequence[tuple[str, str, str, int]] = ()
+        self,
+        run: RunReport,
+        f: FileReport,
+        errors: Sequence[tuple[str, str, str, int]] = (),
+        failed: Mapping[int, tuple[str, str]] | None = None,
     ) -> None:
-        """Record a finished file, its error summary ((stage, code, message, count) rows)
-        and drop its checkpoint, in one transaction."""
+        """Record a finished file, its error summary ((stage, code, message, count) rows),
+        the lines the API failed (line -> (code, message), for `dataflow retry`) and drop its
+        checkpoint, in one transaction."""
         with self._tx() as db:
             self._insert_file(db, run, f)
             for stage, code, message, count in errors:
@@ -218,8 +260,25 @@ class Ledger:
                     "INSERT OR REPLACE INTO error_summary VALUES (?, ?, ?, ?, ?, ?)",
                     (run.run_id, f.lineage_id, stage, code, message, count),
                 )
+            self._insert_failures(db, run.dataflow, f.lineage_id, failed or {})
             if f.sha256:
-                self.checkpoints(run.dataflow).forget(f.sha256)
+                self.checkpoints(run.dataflow).forget(send_key(f.sha256, f.send_no))
+
+    def _insert_failures(
+        self,
+        db: sqlite3.Connection,
+        dataflow: str,
+        lineage_id: str,
+        failed: Mapping[int, tuple[str, str]],
+    ) -> None:
+        by_error: dict[tuple[str, str], list[int]] = {}
+        for line, (code, message) in failed.items():
+            by_error.setdefault((str(code), message[:MESSAGE_CHARS]), []).append(line)
+        for (code, message), lines in by_error.items():
+            db.execute(
+                "INSERT OR REPLACE INTO line_failures VALUES (?, ?, ?, ?, ?)",
+                (dataflow, lineage_id, code, message, np.array(sorted(lines), np.int64).tobytes()),
+            )
 
     def record_file(self, run: RunReport, f: FileReport) -> None:
         with self._tx() as db:
@@ -227,7 +286,7 @@ class Ledger:
 
     def _insert_file(self, db: sqlite3.Connection, run: RunReport, f: FileReport) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES ({', '.join('?' * 18)})",
             (
                 run.run_id,
                 run.dataflow,
@@ -245,6 +304,8 @@ class Ledger:
                 f.processed_path,
                 f.error_file,
                 f.reason,
+                f.send_no,
+                f.retry_of,
             ),
         )
 
@@ -264,6 +325,72 @@ class Ledger:
             (dataflow, sha256),
         ).fetchone()
         return row is not None
+
+    def next_send(self, dataflow: str, sha256: str) -> int:
+        """The number of a new send of this content again (1 + the highest so far)."""
+        row = self._db.execute(
+            "SELECT MAX(send_no) FROM files WHERE dataflow = ? AND sha256 = ?", (dataflow, sha256)
+        ).fetchone()
+        done = int(row[0] or 0)
+        return 1 + max(done, self.checkpoints(dataflow).highest_send(sha256))
+
+    def retry_source(self, dataflow: str, lineage_id: str) -> dict[str, Any]:
+        """The finished file of `lineage_id` that `dataflow retry` sends again: its row of
+        the files table plus ``failed_lines`` (the line numbers the API failed, sorted).
+        Raises RetryRefused saying why it cannot be retried."""
+        rows = self.select(
+            "SELECT files.*, runs.dry_run AS dry_run FROM files JOIN runs USING (run_id) "
+            "WHERE lineage_id = ? ORDER BY files.rowid DESC",
+            (lineage_id,),
+        )
+        if not rows:
+            raise RetryRefused(
+                f"no file with lineage {lineage_id} is recorded in {self.path}; `dataflow runs "
+                f"{dataflow} --json` lists the lineage_id of every file"
+            )
+        if rows[0]["dataflow"] != dataflow:
+            raise RetryRefused(
+                f"lineage {lineage_id} is a file of dataflow {rows[0]['dataflow']!r}, not of "
+                f"{dataflow!r}; give that dataflow's file"
+            )
+        done = [r for r in rows if r["status"] in ("success", "partial") and not r["dry_run"]]
+        if not done:
+            raise RetryRefused(
+                f"lineage {lineage_id} ({rows[0]['name']}) was not processed to the end (status "
+                f"{rows[0]['status']}); only a processed file can be retried (`dataflow run` "
+                "resumes or processes the others)"
+            )
+        source = done[0]
+        again = self.select(
+            "SELECT lineage_id FROM files WHERE dataflow = ? AND retry_of = ? AND status IN "
+            "('success', 'partial')",
+            (dataflow, lineage_id),
+        )
+        if again:
+            raise RetryRefused(
+                f"lineage {lineage_id} was already retried as lineage {again[0]['lineage_id']}; "
+                "retry that one to send again what still fails"
+            )
+        source["failed_lines"] = self._failed_lines(source)
+        return source
+
+    def _failed_lines(self, source: dict[str, Any]) -> np.ndarray:
+        blobs = self._db.execute(
+            "SELECT lines FROM line_failures WHERE dataflow = ? AND lineage_id = ?",
+            (source["dataflow"], source["lineage_id"]),
+        ).fetchall()
+        lines = np.unique(
+            np.concatenate(
+                [np.zeros(0, np.int64)] + [np.frombuffer(blob, dtype=np.int64) for (blob,) in blobs]
+            )
+        )
+        if len(lines) < (source["rows_failed"] or 0):
+            raise RetryRefused(
+                f"the failed rows of lineage {source['lineage_id']} ({source['name']}) are not "
+                "recorded (it was processed by an earlier version of dataflow); `dataflow run "
+                "--force` on the file sends all its rows again"
+            )
+        return lines
 
     def previous_outcome(self, dataflow: str, run_id: str) -> tuple[str, str | None] | None:
         """(status, reason) of the last finished run before `run_id` (dry runs left out)."""

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from dataflow import console, logs
 from dataflow.accounts import Accounts
 from dataflow.block import FileStep, RemoteFile, RowStream, Sink, Source, Transform
 from dataflow.checkpoint import Progress
-from dataflow.errorfile import ErrorFile, error_file_name
+from dataflow.errorfile import ErrorFile, error_file_name, timestamp
 from dataflow.errors import FatalError, FileRejected, Stopped
 from dataflow.faults import crash_point
 from dataflow.ledger import Ledger
@@ -54,8 +53,6 @@ class Chain:
     steps: list[FileStep]
     transform: Transform
     sink: Sink
-    batch_size: int
-    delimiter: str
     dry_run: bool = False
     force: bool = False  # send again files whose content was already completed
     retry: Retry | None = None  # send again only the failed lines of a processed file
@@ -144,7 +141,7 @@ async def _process(
         errors = ErrorFile(
             filedir / "errors.csv",
             stream.columns,
-            chain.delimiter,
+            chain.transform.delimiter,
             neutralize_formulas=source.neutralize_formulas,
         )
         try:
@@ -157,7 +154,7 @@ async def _process(
         report.status, report.reason = "failure", reason
         report.rows_total = report.rows_filtered = report.rows_rejected = 0
         report.rows_sent = report.rows_succeeded = report.rows_failed = 0
-        errors = ErrorFile(filedir / "errors.csv", [], chain.delimiter)
+        errors = ErrorFile(filedir / "errors.csv", [], chain.transform.delimiter)
         message = f"{reason} (the file was moved to the error directory; nothing from it was sent)"
         errors.add(RowError(0, stage, message), None)
         errors.close()
@@ -245,9 +242,7 @@ def _plan(
         if progress.resumed and len(records):
             acked = progress.acked_mask(records.index.to_numpy(dtype=np.int64))
             done, records = records[acked], records[~acked]
-        requests = chain.template.build_requests(
-            chain.template, records, chunk.source, chain.batch_size, file_id
-        )
+        requests = chain.sink.build_requests(records, chunk.source, file_id)
         yield chunk, done, list(requests)
 
 
@@ -291,16 +286,11 @@ async def _finish(
         if progress.error_path:
             report.error_file = progress.error_path  # uploaded before an interruption
         else:
-            resumed = progress.error_name is not None
-            name = progress.error_name or error_file_name(
-                file.name, time.strftime("%Y%m%d%H%M%S", time.gmtime())
-            )
-            if not resumed:
+            name = progress.error_name or error_file_name(file.name, timestamp())
+            if progress.error_name is None:
                 checkpoints.error_file(key, name=name)
             local, name = await asyncio.to_thread(protect_output, chain, errors.path, name)
-            report.error_file = await asyncio.to_thread(
-                source.upload_error_file, local, name, report.lineage_id, resumed
-            )
+            report.error_file = await asyncio.to_thread(source.upload_error_file, local, name)
             checkpoints.error_file(key, path=report.error_file)
             crash_point("error_uploaded")
         log.info("%s: %d row(s) reported in %s", file.name, errors.rows, report.error_file)

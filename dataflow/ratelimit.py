@@ -24,6 +24,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -137,6 +138,23 @@ class Slot:
         else:
             self.reserved = False
             self.window.give_back()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a call is tried again, shared by the HTTP sink and the OAuth client: a timeout, a
+    dropped connection or a recoverable status code, up to `max_retries` more times, each
+    after an exponential backoff with jitter."""
+
+    max_retries: int
+    recoverable_status_codes: frozenset[int] = frozenset({502, 503, 504, 520, 521})
+
+    def recoverable(self, status: int) -> bool:
+        return status in self.recoverable_status_codes
+
+    def delay(self, failures: int) -> float | None:
+        """Seconds to wait after the `failures`-th failed attempt; None: retries used up."""
+        return None if failures > self.max_retries else backoff(failures)
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:

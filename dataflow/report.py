@@ -22,6 +22,8 @@ class FileReport:
     reason: str | None = None
     size: int = 0
     sha256: str | None = None
+    send_no: int = 0  # 0: the content's first send; n: its n-th send again (--force, retry)
+    retry_of: str | None = None  # `dataflow retry`: the lineage whose failed rows this sends
 
     @property
     def accuracy(self) -> float | None:
@@ -31,6 +33,9 @@ class FileReport:
         out = asdict(self)
         out.pop("size")
         out.pop("sha256")
+        for key in ("send_no", "retry_of"):  # shown only for a send again
+            if not out[key]:
+                out.pop(key)
         return out
 
 

@@ -5,6 +5,10 @@ unusable state directory, a lost server) stops it and keeps the current file; a 
 source will not let us read (`FileSkipped`) is reported as a failure, left where it is, and
 the next files go on. An unexpected exception is reported in one line (its traceback goes to
 the debug log), never as a traceback.
+
+`run(..., force=True)` also sends files whose content was already completed (a new send, see
+`dataflow.pipeline`); `retry` sends again the rows the API failed in one processed lineage,
+taking the original from where that run moved it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dataflow import logs, metrics
 from dataflow.alerts import alert_run
@@ -26,8 +33,8 @@ from dataflow.block import Block, FileStep, RemoteFile, RunContext, Sink, Source
 from dataflow.config import Dataflow
 from dataflow.errorfile import local_write_error
 from dataflow.errors import FatalError, FileSkipped, StateError
-from dataflow.ledger import Ledger
-from dataflow.pipeline import Chain, process_file
+from dataflow.ledger import Ledger, RetryRefused
+from dataflow.pipeline import Chain, Retry, process_file
 from dataflow.redact import redact
 from dataflow.report import FileReport, RunReport
 
@@ -38,17 +45,51 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def run(dataflow: Dataflow, *, dry_run: bool = False, ledger: Ledger | None = None) -> RunReport:
+@dataclass(frozen=True)
+class Mode:
+    """How a run takes its files."""
+
+    dry_run: bool = False
+    force: bool = False  # also files whose content was already completed (a new send)
+    retry_of: str | None = None  # only the processed file of this lineage, its failed rows
+
+
+class NothingToRetry(RetryRefused):
+    """The lineage has no row that failed at the destination: nothing is sent."""
+
+
+def run(
+    dataflow: Dataflow,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    ledger: Ledger | None = None,
+) -> RunReport:
     """Process every matching file now. Never raises for a run-time problem: see the report."""
+    return _start(dataflow, Mode(dry_run=dry_run, force=force), ledger)
+
+
+def retry(dataflow: Dataflow, lineage_id: str, *, ledger: Ledger | None = None) -> RunReport:
+    """Send again the rows the API failed in `lineage_id`, a file this dataflow processed,
+    as a new lineage linked to it (``retry_of``). Raises RetryRefused (before anything is
+    done) when that lineage cannot be retried, NothingToRetry when it has no failed row;
+    otherwise never raises for a run-time problem: see the report."""
+    return _start(dataflow, Mode(retry_of=lineage_id), ledger)
+
+
+def _start(dataflow: Dataflow, mode: Mode, ledger: Ledger | None) -> RunReport:
     report = RunReport(
-        dataflow=dataflow.name, run_id=str(uuid.uuid4()), started_at=now_iso(), dry_run=dry_run
+        dataflow=dataflow.name,
+        run_id=str(uuid.uuid4()),
+        started_at=now_iso(),
+        dry_run=mode.dry_run,
     )
     with logs.context(dataflow=dataflow.name, run_id=report.run_id):  # on every log line
-        return _run_logged(dataflow, report, dry_run, ledger)
+        return _run_logged(dataflow, report, mode, ledger)
 
 
 def _run_logged(
-    dataflow: Dataflow, report: RunReport, dry_run: bool, ledger: Ledger | None
+    dataflow: Dataflow, report: RunReport, mode: Mode, ledger: Ledger | None
 ) -> RunReport:
     own_ledger = ledger is None
     try:
@@ -64,7 +105,7 @@ def _run_logged(
                 report.finished_at = now_iso()
                 report.settle()
                 return report
-            _run_locked(dataflow, report, ledger, dry_run)
+            _run_locked(dataflow, report, ledger, mode)
         alert_run(dataflow, report, ledger)  # outside the lock: a slow receiver holds up no run
     except StateError as exc:
         if not report.finished_at:
@@ -85,7 +126,8 @@ def _stopped_before_start(report: RunReport, exc: FatalError) -> RunReport:
     return report
 
 
-def _run_locked(dataflow: Dataflow, report: RunReport, ledger: Ledger, dry_run: bool) -> None:
+def _run_locked(dataflow: Dataflow, report: RunReport, ledger: Ledger, mode: Mode) -> None:
+    target = None if mode.retry_of is None else _retry_target(dataflow, ledger, mode.retry_of)
     ledger.start_run(report)
     remove_stale_workdirs()
     for cls in {spec.cls for spec in dataflow.blocks}:
@@ -98,7 +140,7 @@ def _run_locked(dataflow: Dataflow, report: RunReport, ledger: Ledger, dry_run: 
         workdir = None
     try:
         if workdir is not None:
-            asyncio.run(_run(dataflow, report, workdir, ledger, dry_run))
+            asyncio.run(_run(dataflow, report, workdir, ledger, mode, target))
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -135,9 +177,40 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class _Target:
+    """The processed file a retry takes, and what it sends of it."""
+
+    file: RemoteFile
+    retry: Retry
+
+
+def _retry_target(dataflow: Dataflow, ledger: Ledger, lineage_id: str) -> _Target:
+    row = ledger.retry_source(dataflow.name, lineage_id)
+    lines: np.ndarray = row["failed_lines"]
+    if not len(lines):
+        raise NothingToRetry(
+            f"lineage {lineage_id} ({row['name']}) has no row that failed at the destination "
+            f"({row['rows_rejected'] or 0} rejected by the transform are not retried: they "
+            "would be rejected again); nothing to send"
+        )
+    if not row["processed_path"] or not row["sha256"]:
+        raise RetryRefused(f"lineage {lineage_id} ({row['name']}) has no processed original")
+    path = str(row["processed_path"])
+    file = RemoteFile(path, str(row["name"]), int(row["size"] or 0), 0)
+    log.info("retrying %d failed row(s) of %s (lineage %s)", len(lines), path, lineage_id)
+    return _Target(file, Retry(lineage_id, str(row["sha256"]), lines))
+
+
 async def _run(
-    dataflow: Dataflow, report: RunReport, workdir: Path, ledger: Ledger, dry_run: bool
+    dataflow: Dataflow,
+    report: RunReport,
+    workdir: Path,
+    ledger: Ledger,
+    mode: Mode,
+    target: _Target | None,
 ) -> None:
+    dry_run = mode.dry_run
     context = RunContext(
         dataflow=dataflow.name,
         template=dataflow.template,
@@ -151,7 +224,10 @@ async def _run(
         source = _one(blocks, Source)
         opened.append(source)  # close() is safe after a failed open()
         await asyncio.to_thread(source.open)
-        files = await asyncio.to_thread(source.list_files)
+        if target is None:
+            files = await asyncio.to_thread(source.list_files)
+        else:  # a retry: the original, where the run that processed it moved it
+            files = [target.file]
         log.info("%s: %d file(s) to process", dataflow.name, len(files))
         if not files:
             return
@@ -166,12 +242,13 @@ async def _run(
             steps=[b for b in blocks if isinstance(b, FileStep)],
             transform=_one(blocks, Transform),
             sink=_one(blocks, Sink),
-            batch_size=getattr(_one(blocks, Sink).config, "batch_size", 100),
-            delimiter=getattr(_one(blocks, Transform).config, "delimiter", ","),
             dry_run=dry_run,
+            force=mode.force,
+            retry=None if target is None else target.retry,
         )
         for file in files:
             current = FileReport(name=file.name, lineage_id=str(uuid.uuid4()), size=file.size)
+            current.retry_of = mode.retry_of
             try:
                 await _process_one(chain, file, workdir, ledger, report, current)
             except FileSkipped as exc:

@@ -34,12 +34,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import orjson
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from dataflow.rows import RecordResult, Request
+
+if TYPE_CHECKING:  # imported where rows are built: loading a dataflow file stays light
+    import pandas as pd
 
 ALREADY_PROCESSED = "809"  # a bulk requestId seen before: our earlier attempt was applied
 FIELD_KINDS = ("text", "customer_id", "epoch_s", "iso_ms", "owner_type")
@@ -56,8 +56,8 @@ OWNER_TYPES = (
     "Historical_Import",
 )
 
-RowRule = Callable[[pd.DataFrame], "pd.Series[Any]"]
-RequestBuilder = Callable[["Template", pd.DataFrame, pd.DataFrame, int, str], Iterator[Request]]
+RowRule = Callable[["pd.DataFrame"], "pd.Series[Any]"]
+RequestBuilder = Callable[["Template", "pd.DataFrame", "pd.DataFrame", int, str], Iterator[Request]]
 ResponseParser = Callable[[Request, int, Any], list[RecordResult]]
 BodyMaker = Callable[[dict[str, Any], list[int], str], dict[str, Any]]
 
@@ -80,7 +80,15 @@ class Template:
         return {**self.fields, **self.optional}
 
 
+def _dumps(value: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(value)
+
+
 def to_json_value(series: pd.Series[Any], kind: str) -> list[Any]:
+    import pandas as pd
+
     """Convert one typed column (as produced by field_mapping) to JSON-ready values."""
     if kind == "epoch_s":
         epoch = pd.Timestamp(0, tz="UTC").as_unit("s")  # not ns: 31/12/9999 must fit
@@ -106,9 +114,7 @@ def build_array_requests(
         part = records.iloc[start : start + batch_size]
         columns = [to_json_value(part[name], kinds[name]) for name in names]
         body = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
-        yield Request(
-            line_nos=tuple(int(i) for i in part.index), body=orjson.dumps(body), source=source
-        )
+        yield Request(line_nos=tuple(int(i) for i in part.index), body=_dumps(body), source=source)
 
 
 def parse_array_response(request: Request, status: int, payload: Any) -> list[RecordResult]:
@@ -245,7 +251,7 @@ def build_grouped_requests(
             body = template.make_body(
                 dict(zip(keys, group, strict=True)), list(part_customers), rid
             )
-            yield Request(part_lines, orjson.dumps(body), source, part_customers, rid)
+            yield Request(part_lines, _dumps(body), source, part_customers, rid)
 
 
 def parse_grouped_response(request: Request, status: int, payload: Any) -> list[RecordResult]:

@@ -11,7 +11,9 @@ Asserted: 0 rows lost (every line accepted by the API, or in the error file, exa
 the bulk template issues no customer twice (its requestIds make retries answer 809); the
 import API, which has no idempotency key, receives again at most the requests whose answer
 was lost (the injected lost answers, and the requests in flight when the timeouts hit); the
-configured rate limit is never exceeded in any window, retries and token calls included.
+configured rate limit is never exceeded in any window by the badge API calls, retries
+included (the OAuth token calls, one per token lifetime, are not badge API calls: http_write
+does not count them, so that requests waiting for a token can never starve it).
 Measured and printed (``pytest -s``): rows lost, duplicates, requests, time to recover from
 each fault, the whole run's time.
 
@@ -46,7 +48,7 @@ from .conftest import CLIENT_KEY, CLIENT_SECRET, Bed
 
 ROWS = 3000
 BATCH, CONCURRENCY = 10, 4
-RATE = 60  # requests per second, token calls included
+RATE = 60  # badge API requests per second, retries included
 TIMEOUT_S, SLOW_MS, SLOW_FOR_S = 1.0, 1500, 1.2
 LOST = [503, 502, 504]  # answers lost after the server applied the request
 METAS = ["BADGE-GOLD", "BADGE-SILVER"]
@@ -276,6 +278,6 @@ def test_a_whole_run_through_api_faults(
         assert duplicates == 0  # requestIds: every retry was recognised (809)
     else:
         assert duplicates <= resent_bound
-    assert busiest <= RATE
+    assert badge_only <= RATE  # token calls printed above, not limited (see the docstring)
     assert all(v < 15 for v in recoveries.values()), recoveries
     assert bed.sftp.files("inbox") == [] and bed.sftp.files("processed") == [NAME]

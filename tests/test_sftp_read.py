@@ -89,12 +89,16 @@ def test_uploads_are_atomic_and_never_overwrite(
 ) -> None:
     local = tmp_path / "e.csv"
     local.write_text("a,b\n")
-    first = src.upload_error_file(local, "result_x.csv", "k1")
-    second = src.upload_error_file(local, "result_x.csv", "k2")
-    # an interrupted attempt that had completed its rename is not uploaded again
-    assert src.upload_error_file(local, "result_x.csv", "k1", resumed=True) == first
+    first = src.upload_error_file(local, "result_x.csv")
     assert first == "/errors/result_x.csv"
+    # asked again for the same content (a resumed run): the earlier upload is the answer
+    assert src.upload_error_file(local, "result_x.csv") == first
+    other = tmp_path / "other.csv"
+    other.write_text("c,d\n")  # same size, other content: a new name, nothing overwritten
+    second = src.upload_error_file(other, "result_x.csv")
     assert second.startswith("/errors/result_x.csv.") and len(second) == len(first) + 15
+    assert src.upload_error_file(other, "result_x.csv") == second  # found under its suffix
+    assert (sftp.root / "errors" / "result_x.csv").read_text() == "a,b\n"
     assert [n for n in sftp.files("errors") if n.startswith(".dataflow-")] == []
 
 
@@ -170,3 +174,27 @@ def test_unzip(sftp: SftpServer, tmp_path: Path) -> None:
     plain = tmp_path / "plain.csv"
     plain.write_bytes(b"a,b\n")
     assert block.prepare(plain, tmp_path) == plain
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "rsa-pem"])
+def test_key_checks_at_validate_are_textual_and_a_wrong_passphrase_stops_at_open(
+    sftp: SftpServer, tmp_path: Path, kind: str
+) -> None:
+    key = tmp_path / "id"
+    args = ["-t", "ed25519"] if kind == "ed25519" else ["-t", "rsa", "-b", "2048", "-m", "PEM"]
+    subprocess.run(["ssh-keygen", "-q", *args, "-N", "pw-secret", "-f", str(key)], check=True)
+    text = key.read_text()
+    for given in (text, base64.b64encode(text.encode()).decode()):  # armored, or its base64
+        with pytest.raises(ValueError, match="private_key is encrypted: set key_passphrase"):
+            make(sftp, tmp_path, password=None, private_key=SecretStr(given))
+    block = make(
+        sftp, tmp_path, password=None, private_key=SecretStr(text), key_passphrase=SecretStr("no")
+    )  # valid as far as text can tell: the passphrase is proven when the block opens
+    wrong = "key_passphrase does not unlock private_key"
+    with pytest.raises(AuthError, match=wrong), opened(block):
+        pass
+
+
+def test_a_key_that_is_not_armored_is_a_config_error(tmp_path: Path, sftp: SftpServer) -> None:
+    with pytest.raises(ValueError, match="neither a PEM/OpenSSH key nor base64 of one"):
+        make(sftp, tmp_path, password=None, private_key=SecretStr("not a key at all"))

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
-import httpx
 import orjson
 
 from dataflow.alerts.events import Alert
@@ -142,6 +141,8 @@ def webhook_payload(alert: Alert, channel: WebhookChannel) -> bytes:
 
 
 def send_webhook(alert: Alert, channel: WebhookChannel) -> None:
+    import httpx  # when an alert is sent: loading a dataflow file stays light
+
     try:
         response = httpx.post(
             channel.url.get_secret_value(),
