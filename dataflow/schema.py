@@ -100,8 +100,8 @@ def dataflow_schema() -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
-        "title": "dataflow file",
         **top,
+        "title": "dataflow file",
         "$defs": defs,
     }
 
