@@ -160,3 +160,43 @@ def test_api_down_stops_the_run(api: Emulator, tmp_path: Path) -> None:
     block = make(api, tmp_path, concurrency=1, max_retries=0, max_consecutive_failures=3)
     with pytest.raises(FatalError, match="looks down: 3 requests in a row"):
         send(block, requests(20))
+
+
+def test_additional_headers_are_sent_and_masked(bed: Any) -> None:
+    """`headers:` adds request headers (Connect+'s custom headers); their values are secrets."""
+    from .conftest import Bed
+
+    assert isinstance(bed, Bed)
+    bed.sftp.put(
+        "inbox/badges_h.csv.gpg",
+        bed.keys.encrypt(
+            b"badge_id,customer_id,event_date,expires_at\nBADGE-GOLD,4001,16/11/2026 09:30,"
+            b"1798761600\n"
+        ),
+    )
+    org = "org-secret-" + "7" * 8
+    flow = bed.config(sink={"headers": {"X-CAP-ORG": "${T_ORG}", "X-Trace": "weekly"}})
+    result = bed.run("run", str(flow), "--json", env={"T_ORG": org})
+    assert result.returncode == 0, result.stderr
+    (sent,) = [r for r in bed.api.requests() if r["path"].endswith("/customerBadges")]
+    assert sent["headers"]["x-cap-org"] == org and sent["headers"]["x-trace"] == "weekly"
+    assert org not in result.stdout + result.stderr
+    runs = bed.run("runs", "--json", env={"T_ORG": org})
+    assert org not in runs.stdout
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"Authorization": "x"}, "header 'Authorization' is set by dataflow itself"),
+        ({"Bad Name": "x"}, "'Bad Name' is not a valid HTTP header name"),
+        ({"X-A": "a\r\nX-B: b"}, "the value of header 'X-A' holds a line break or NUL"),
+    ],
+)
+def test_additional_headers_are_checked(headers: dict[str, str], message: str) -> None:
+    from pydantic import ValidationError
+
+    base = {"name": "d", "base_url": "https://api.example", "auth": {"type": "basic",
+            "username": "u", "password": "p"}}  # fmt: skip
+    with pytest.raises(ValidationError, match=message):
+        HttpWriteConfig.model_validate({**base, "headers": headers})
