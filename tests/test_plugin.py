@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,13 @@ def test_plugin_validates_and_runs_end_to_end(bed: Bed, plugin_site: Path) -> No
     ok = bed.run("validate", str(flow), env=env)
     assert ok.returncode == 0, ok.stderr
     assert "6 blocks" in ok.stdout  # source, decrypt, gunzip, transform, destination, trigger
+
+    schema = json.loads(bed.run("schema", env=env).stdout)  # documented like a built-in
+    gunzip = schema["$defs"]["GunzipConfig"]
+    assert gunzip["properties"]["max_ratio"]["description"] == "largest allowed expansion factor"
+    assert {"$ref": "#/$defs/GunzipConfig"} in schema["properties"]["blocks"]["items"]["oneOf"]
+    docs = bed.run("schema", "--docs", env=env).stdout
+    assert "## gunzip" in docs and "`dataflow_gunzip` (plugin)" in docs
 
     unknown = bed.run("validate", str(flow))  # not installed: an unknown block type
     assert unknown.returncode == 2
