@@ -1,201 +1,446 @@
-"""Benchmark: an N-row encrypted vendor file through the whole dataflow, on real parts.
+"""Benchmark: an N-row encrypted vendor file through the whole dataflow, against its limit.
 
-Generates a CSV with unique timestamps, encrypts it with gpg, puts it on a sandbox OpenSSH
-SFTP server, runs ``dataflow run`` as a subprocess against the API emulator, and prints rows/s
-and the peak RSS of the dataflow process (sampled every 20 ms with psutil). Run as root:
+For each ``--rows`` value, in the same run and on the same real parts (a sandbox OpenSSH
+SFTP server, the gpg binary, the API emulator over TCP):
 
-    .venv/bin/python bench/run.py --rows 100000
-    .venv/bin/python bench/run.py --rows 1000000
+1. the limit: OpenSSH ``sftp -b`` get of the encrypted file (key auth), ``gpg --decrypt`` of
+   it to a file, and an ideal client pushing the same number of batches of pre-built bodies
+   (same records per request, same bytes) to the same emulator with httpx at the same
+   concurrency; ``limit = sftp + gpg + ideal``;
+2. ``dataflow run`` as a subprocess; its wall time, ``ratio = dataflow / limit``, the peak
+   RSS of its process tree (dataflow + gpg children) sampled every 20 ms, and its CPU seconds
+   (user + system of the process and its waited-for children) per million rows;
+3. the emulator's own CPU seconds during each phase (``emulator_busy`` = its CPU / the phase's
+   wall time: near 1.0 it is the bottleneck of that phase).
+
+Run by hand as root (not in CI):
+
+    .venv/bin/python bench/run.py --rows 500000 1000000 5000000
+    .venv/bin/python bench/run.py --rows 1000000 --profile prof.txt   # py-spy, all threads
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
+import resource
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import httpx
+import orjson
 import psutil
 import yaml
 
 from dataflow.sandbox import Emulator, PgpKeys, SftpServer
 
+IMPORT_PATH = "/api_gateway/v1/badges/import/customerBadges"
+BASE = 1794801600  # 2026-11-16T04:00Z; one second apart, so every timestamp is unique
+PASSPHRASE = "bench-pass"
+REMOTE = "/inbox/badges_bench.csv.gpg"
+
 
 def write_csv(path: Path, rows: int) -> None:
-    base = 1794801600  # 2026-11-16T04:00Z; one second apart, so every timestamp is unique
     with path.open("w") as fh:
         fh.write("badge_id,customer_id,event_date,expires_at\n")
-        for i in range(rows):
-            t = time.gmtime(base + i)
-            fh.write(
-                f"BADGE-{'GOLD' if i % 2 else 'SILVER'},{100000 + i},"
-                f"{t.tm_mday:02d}/{t.tm_mon:02d}/{t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:"
-                f"{t.tm_sec:02d},{base + 31536000 + i}\n"
+        step = 100_000
+        for begin in range(0, rows, step):
+            lines = []
+            for i in range(begin, min(rows, begin + step)):
+                t = time.gmtime(BASE + i)
+                lines.append(
+                    f"BADGE-{'GOLD' if i % 2 else 'SILVER'},{100000 + i},"
+                    f"{t.tm_mday:02d}/{t.tm_mon:02d}/{t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:"
+                    f"{t.tm_sec:02d},{BASE + 31536000 + i}\n"
+                )
+            fh.write("".join(lines))
+
+
+def encrypt(keys: PgpKeys, plain: Path, out: Path) -> None:
+    home = tempfile.mkdtemp(prefix="g", dir="/tmp")
+    try:
+        gpg = ["gpg", "--homedir", home, "--batch", "--quiet"]
+        subprocess.run([*gpg, "--import", str(keys.public_key)], check=True)
+        subprocess.run(
+            [
+                *gpg,
+                *("--trust-model", "always", "--compress-algo", "none"),
+                *("--recipient", keys.uid, "--output", str(out), "--encrypt", str(plain)),
+            ],
+            check=True,
+        )
+    finally:
+        subprocess.run(["gpgconf", "--homedir", home, "--kill", "all"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+# --- the limit -------------------------------------------------------------------------------
+
+
+class Bed:
+    """The servers, keys and client credentials shared by every size of one bench run."""
+
+    def __init__(self, work: Path, fast: bool) -> None:
+        self.work = work
+        self.secret = secrets.token_urlsafe(16)
+        self.sftp = SftpServer().start()
+        self.api = Emulator(
+            clients={"bench": self.secret}, badge_metas=["BADGE-GOLD", "BADGE-SILVER"]
+        )
+        if fast:
+            self.api.args.append("--fast")  # a benchmark mode: see dataflow.emulator.fast
+        self.api.start()
+        self.api.configure(store=False)
+        assert self.api.proc is not None
+        self.api_process = psutil.Process(self.api.proc.pid)
+        self.keys = PgpKeys(work, PASSPHRASE).generate()
+        self.client_key = work / "client_ed25519"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.client_key)], check=True
+        )
+        self.sftp.authorize_key(self.client_key.with_suffix(".pub").read_text())
+        self.gpg_home = tempfile.mkdtemp(prefix="gb", dir="/tmp")
+        subprocess.run(
+            [*self._gpg(), "--import", str(self.keys.private_key)], check=True, capture_output=True
+        )
+
+    def _gpg(self) -> list[str]:
+        return [
+            *("gpg", "--homedir", self.gpg_home, "--batch", "--quiet"),
+            *("--pinentry-mode", "loopback", "--passphrase", PASSPHRASE),
+        ]
+
+    def api_cpu(self) -> float:
+        times = self.api_process.cpu_times()
+        return float(times.user + times.system)
+
+    def sftp_get(self, local: Path) -> float:
+        batch = self.work / "sftp.batch"
+        batch.write_text(f"get {REMOTE} {local}\n")
+        command = [
+            *("sftp", "-q", "-b", str(batch), "-i", str(self.client_key), "-P"),
+            str(self.sftp.port),
+            "-o",
+            f"UserKnownHostsFile={self.sftp.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            f"{self.sftp.user}@127.0.0.1",
+        ]
+        started = time.monotonic()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        return time.monotonic() - started
+
+    def gpg_decrypt(self, encrypted: Path, out: Path) -> float:
+        started = time.monotonic()
+        subprocess.run(
+            [*self._gpg(), "--yes", "--output", str(out), "--decrypt", str(encrypted)],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+        return time.monotonic() - started
+
+    def ideal_client(self, rows: int, batch_size: int, concurrency: int) -> float:
+        """The same requests (count, records, bytes) from pre-built bodies, cycled."""
+        sizes = [min(batch_size, rows - start) for start in range(0, rows, batch_size)]
+        distinct = {size: [_body(k * batch_size, size) for k in range(16)] for size in set(sizes)}
+        return asyncio.run(self._push(sizes, distinct, concurrency))
+
+    async def _push(self, sizes: list[int], bodies: dict[int, list[bytes]], workers: int) -> float:
+        limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+        async with httpx.AsyncClient(base_url=self.api.url, limits=limits, timeout=60) as client:
+            answer = await client.post(
+                "/v3/oauth/token/generate", json={"key": "bench", "secret": self.secret}
             )
+            headers = {
+                "x-cap-api-oauth-token": answer.json()["data"]["accessToken"],
+                "Content-Type": "application/json",
+            }
+            queue = list(enumerate(sizes))
+            queue.reverse()
+
+            async def work() -> None:
+                while queue:
+                    n, size = queue.pop()
+                    body = bodies[size][n % len(bodies[size])]
+                    response = await client.put(IMPORT_PATH, content=body, headers=headers)
+                    response.raise_for_status()
+                    orjson.loads(response.content)  # a client reads the answer
+
+            started = time.monotonic()
+            await asyncio.gather(*(work() for _ in range(workers)))
+            return time.monotonic() - started
+
+
+def _body(first: int, size: int) -> bytes:
+    return orjson.dumps(
+        [
+            {
+                "badgeMetaId": "BADGE-GOLD" if i % 2 else "BADGE-SILVER",
+                "customerId": 100000 + i,
+                "earnEventDate": BASE + i,
+                "earnExpiresOn": BASE + 31536000 + i,
+            }
+            for i in range(first, first + size)
+        ]
+    )
+
+
+# --- dataflow ----------------------------------------------------------------------------------
+
+
+def config(bed: Bed, args: argparse.Namespace, directory: Path) -> Path:
+    (directory / "private.asc").write_bytes(bed.keys.private_key.read_bytes())
+    path = directory / "bench.yaml"
+    blocks: list[dict[str, Any]] = [
+        {
+            "name": "src",
+            "type": "sftp_read",
+            "hostname": "127.0.0.1",
+            "port": bed.sftp.port,
+            "username": bed.sftp.user,
+            "password": bed.sftp.password,
+            "known_hosts": str(bed.sftp.known_hosts),
+            "source_directory": "/inbox",
+            "filename_pattern": r".*\.gpg",
+            "processed_directory": "/processed",
+            "error_directory": "/errors",
+        },
+        {
+            "name": "decrypt",
+            "type": "pgp_decrypt",
+            "private_key": "${file:private.asc}",
+            "passphrase": PASSPHRASE,
+        },
+        {
+            "name": "map",
+            "type": "field_mapping",
+            "chunk_bytes": args.chunk_bytes,
+            "mapping": {
+                "badgeMetaId": "badge_id",
+                "customerId": "customer_id",
+                "earnEventDate": {"column": "event_date", "date_format": "%d/%m/%Y %H:%M:%S"},
+                "earnExpiresOn": {"column": "expires_at", "date_format": "epoch"},
+            },
+        },
+        {
+            "name": "dest",
+            "type": "http_write",
+            "base_url": bed.api.url,
+            "auth": {"type": "oauth", "client_key": "bench", "client_secret": bed.secret},
+            "batch_size": args.batch_size,
+            "concurrency": args.concurrency,
+            "rate": {"limit": 1_000_000, "per": "second"},
+        },
+    ]
+    document = {"version": 1, "name": "bench", "template": "earned_badges", "blocks": blocks}
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+class TreeMemory(threading.Thread):
+    """The peak RSS of a process and all its descendants, sampled every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.peak = self.peak_top = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                top = self.process.memory_info().rss
+                tree = top
+                for child in self.process.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        tree += child.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak, self.peak_top = max(self.peak, tree), max(self.peak_top, top)
+            self.done.wait(0.02)
+
+
+def run_dataflow(bed: Bed, args: argparse.Namespace, rows: int, directory: Path) -> dict[str, Any]:
+    path = config(bed, args, directory)
+    env = {**os.environ, "DATAFLOW_STATE_DIR": str(directory / "state")}
+    command = [sys.executable, "-m", "dataflow", "run", str(path), "--json"]
+    if args.profile:
+        profile = Path(args.profile).with_suffix(f".{rows}.txt")
+        py_spy = Path(sys.executable).with_name("py-spy")
+        command = [
+            *(str(py_spy), "record", "--threads", "-f", "raw", "-r", "100"),
+            "-o",
+            str(profile),
+            "--",
+            *command,
+        ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    api_before = bed.api_cpu()
+    started = time.monotonic()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    memory = TreeMemory(proc.pid)
+    memory.start()
+    out, _ = proc.communicate()
+    elapsed = time.monotonic() - started
+    memory.done.set()
+    memory.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    text = out.decode()  # py-spy writes its own lines around the report
+    (f,) = json.loads(text[text.index("{") : text.rindex("}") + 1])["files"]
+    return {
+        "status": f["status"],
+        "rows_succeeded": f["rows_succeeded"],
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "peak_rss_tree": memory.peak,
+        "peak_rss_top": memory.peak_top,
+        "emulator_cpu": bed.api_cpu() - api_before,
+    }
+
+
+def bench(bed: Bed, args: argparse.Namespace, rows: int) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix=f"rows{rows}-", dir=bed.work))
+    plain = directory / "plain.csv"
+    write_csv(plain, rows)
+    encrypted = bed.sftp.root / REMOTE.lstrip("/")
+    encrypt(bed.keys, plain, encrypted)
+    csv_bytes = plain.stat().st_size
+    plain.unlink()
+    uid = os.stat(bed.sftp.root / "inbox").st_uid
+    os.chown(encrypted, uid, uid)
+    stamp = time.time() - 600
+    os.utime(encrypted, (stamp, stamp))
+    bed.api.reset()
+    bed.api.configure(store=False)
+
+    local = directory / "fetched.gpg"
+    sftp_s = bed.sftp_get(local)
+    gpg_s = bed.gpg_decrypt(local, directory / "decrypted.csv")
+    (directory / "decrypted.csv").unlink()
+    local.unlink()
+    api_before = bed.api_cpu()
+    ideal_s = bed.ideal_client(rows, args.batch_size, args.concurrency)
+    ideal_api_cpu = bed.api_cpu() - api_before
+    bed.api.reset()
+    bed.api.configure(store=False)
+
+    run = run_dataflow(bed, args, rows, directory)
+    accepted = bed.api._call("GET", "/__emulator/received")["accepted"]
+    limit = sftp_s + gpg_s + ideal_s
+    ok = run["status"] == "success" and run["rows_succeeded"] == rows == accepted
+    shutil.rmtree(directory, ignore_errors=True)
+    return {
+        "rows": rows,
+        "csv_mb": round(csv_bytes / 1e6, 1),
+        "limit": {
+            "sftp_get_s": round(sftp_s, 2),
+            "gpg_decrypt_s": round(gpg_s, 2),
+            "ideal_client_s": round(ideal_s, 2),
+            "total_s": round(limit, 2),
+            "emulator_busy_ideal": round(ideal_api_cpu / ideal_s, 2),
+        },
+        "dataflow_s": round(run["seconds"], 2),
+        "ratio_to_limit": round(run["seconds"] / limit, 2),
+        "rows_per_second": round(rows / run["seconds"]),
+        "cpu_s_per_million_rows": round(run["cpu_seconds"] / rows * 1e6, 2),
+        "cpu_us_per_row": round(run["cpu_seconds"] / rows * 1e6, 1),
+        "peak_rss_tree_mib": round(run["peak_rss_tree"] / 2**20, 1),
+        "peak_rss_dataflow_mib": round(run["peak_rss_top"] / 2**20, 1),
+        "emulator_busy_dataflow": round(run["emulator_cpu"] / run["seconds"], 2),
+        "batch_size": args.batch_size,
+        "concurrency": args.concurrency,
+        "requests": -(-rows // args.batch_size),
+        "accepted_by_api": accepted,
+        "all_rows_accepted": ok,
+        "profiled": bool(args.profile),
+    }
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+def top_of_profile(path: Path, count: int = 25) -> str:
+    """The functions with the most samples in a py-spy raw (collapsed) profile: self and total,
+    over the samples of every thread that was running (idle waits left out)."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, weight = line.rpartition(" ")
+        n = int(weight)
+        frames = [_short(f) for f in stack.split(";")[1:]]  # [0] is the thread
+        if not frames or _idle(frames[-1]):
+            continue
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    lines = [f"{samples} busy samples; self% / total%  function (file)"]
+    for frame, hits in own.most_common(count):
+        share = f"{100 * hits / samples:5.1f} / {100 * total[frame] / samples:5.1f}"
+        lines.append(f"{share}  {frame}")
+    lines.append("by total (inclusive):")
+    for frame, hits in total.most_common(count + 10):
+        lines.append(f"{100 * hits / samples:5.1f}  {frame}")
+    return "\n".join(lines)
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "/main/", "python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+    return f"{name} ({where.rsplit(':', 1)[0]})"
+
+
+def _idle(frame: str) -> bool:
+    return frame.startswith(("select ", "poll ", "wait ", "_worker ", "epoll"))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--chunk-bytes", type=int, default=4 << 20)
+    parser.add_argument(
+        "--slow-emulator", action="store_true", help="the emulator's default mode, not --fast"
+    )
+    parser.add_argument("--profile", help="py-spy raw profile of dataflow: PATH.<rows>.txt")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    secret = secrets.token_urlsafe(16)
-    sftp = SftpServer().start()
-    api = Emulator(clients={"bench": secret}, badge_metas=["BADGE-GOLD", "BADGE-SILVER"]).start()
-    api.configure(store=False)
+    bed = Bed(work, fast=not args.slow_emulator)
+    ok = True
     try:
-        keys = PgpKeys(work, "bench-pass").generate()
-        plain = work / "plain.csv"
-        t0 = time.monotonic()
-        write_csv(plain, args.rows)
-        encrypted = sftp.root / "inbox" / "badges_bench.csv.gpg"
-        home = tempfile.mkdtemp(prefix="g", dir="/tmp")
-        subprocess.run(
-            ["gpg", "--homedir", home, "--batch", "--quiet", "--import", str(keys.public_key)],
-            check=True,
-        )
-        subprocess.run(
-            [
-                "gpg",
-                "--homedir",
-                home,
-                "--batch",
-                "--trust-model",
-                "always",
-                "--compress-algo",
-                "none",
-                "--recipient",
-                keys.uid,
-                "--output",
-                str(encrypted),
-                "--encrypt",
-                str(plain),
-            ],
-            check=True,
-        )
-        os.chown(encrypted, *(2 * [os.stat(sftp.root / "inbox").st_uid]))
-        os.utime(encrypted, (time.time() - 600, time.time() - 600))
-        size = encrypted.stat().st_size
-        print(
-            f"generated {args.rows:,} rows, {plain.stat().st_size / 1e6:.1f} MB CSV, "
-            f"{size / 1e6:.1f} MB encrypted in {time.monotonic() - t0:.1f}s",
-            file=sys.stderr,
-        )
-        plain.unlink()
-        (work / "private.asc").write_bytes(keys.private_key.read_bytes())
-        config = work / "bench.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "version": 1,
-                    "name": "bench",
-                    "template": "earned_badges",
-                    "blocks": [
-                        {
-                            "name": "src",
-                            "type": "sftp_read",
-                            "hostname": "127.0.0.1",
-                            "port": sftp.port,
-                            "username": sftp.user,
-                            "password": sftp.password,
-                            "known_hosts": str(sftp.known_hosts),
-                            "source_directory": "/inbox",
-                            "filename_pattern": r".*\.gpg",
-                            "processed_directory": "/processed",
-                            "error_directory": "/errors",
-                        },
-                        {
-                            "name": "decrypt",
-                            "type": "pgp_decrypt",
-                            "private_key": "${file:private.asc}",
-                            "passphrase": "bench-pass",
-                        },
-                        {
-                            "name": "map",
-                            "type": "field_mapping",
-                            "chunk_bytes": args.chunk_bytes,
-                            "mapping": {
-                                "badgeMetaId": "badge_id",
-                                "customerId": "customer_id",
-                                "earnEventDate": {
-                                    "column": "event_date",
-                                    "date_format": "%d/%m/%Y %H:%M:%S",
-                                },
-                                "earnExpiresOn": {"column": "expires_at", "date_format": "epoch"},
-                            },
-                        },
-                        {
-                            "name": "dest",
-                            "type": "http_write",
-                            "base_url": api.url,
-                            "auth": {
-                                "type": "oauth",
-                                "client_key": "bench",
-                                "client_secret": secret,
-                            },
-                            "batch_size": args.batch_size,
-                            "concurrency": args.concurrency,
-                            "rate": {"limit": 1_000_000, "per": "second"},
-                        },
-                    ],
-                }
-            )
-        )
-        env = {**os.environ, "DATAFLOW_STATE_DIR": str(work / "state")}
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dataflow", "run", str(config), "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        peak = peak_tree = 0
-        ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                rss = ps.memory_info().rss
-                tree = rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
-            except psutil.Error:
-                break
-            peak, peak_tree = max(peak, rss), max(peak_tree, tree)
-            time.sleep(0.02)
-        out, _ = proc.communicate()
-        elapsed = time.monotonic() - started
-        report = json.loads(out)
-        (f,) = report["files"]
-        accepted = api._call("GET", "/__emulator/received")["accepted"]
-        ok = f["rows_succeeded"] == args.rows == accepted
-        print(
-            json.dumps(
-                {
-                    "rows": args.rows,
-                    "status": f["status"],
-                    "accepted_by_api": accepted,
-                    "seconds": round(elapsed, 2),
-                    "rows_per_second": round(args.rows / elapsed),
-                    "peak_rss_mib": round(peak / 2**20, 1),
-                    "peak_rss_with_children_mib": round(peak_tree / 2**20, 1),
-                    "batch_size": args.batch_size,
-                    "concurrency": args.concurrency,
-                    "requests": -(-args.rows // args.batch_size),
-                    "all_rows_accepted": ok,
-                },
-                indent=2,
-            )
-        )
-        return 0 if ok else 1
+        for rows in args.rows:
+            result = bench(bed, args, rows)
+            ok = ok and result["all_rows_accepted"]
+            print(json.dumps(result, indent=2), flush=True)
+            if args.profile:
+                print(top_of_profile(Path(args.profile).with_suffix(f".{rows}.txt")), flush=True)
     finally:
-        api.stop()
-        sftp.cleanup()
+        bed.api.stop()
+        bed.sftp.cleanup()
+        subprocess.run(["gpgconf", "--homedir", bed.gpg_home, "--kill", "all"], check=False)
+        shutil.rmtree(bed.gpg_home, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

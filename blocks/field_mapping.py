@@ -792,9 +792,99 @@ def _parse_epoch(values: Any, ms_per_unit: int) -> tuple[Any, Any]:
 def _parse_text(values: Any, fmt: str) -> tuple[Any, Any]:
     """(naive, aware): values without an offset as local wall times, values with one in UTC.
 
-    pandas parses in bulk; where it cannot (nanosecond range, mixed offsets), Python's
-    datetime parses value by value, so a far date is a date, not a crash.
+    A format of fixed-width numeric fields (``%d/%m/%Y %H:%M:%S`` and the like) is parsed by
+    slicing (`_parse_fixed`) where a value has exactly that shape and is a real date; the
+    other values (and other formats) go to `_parse_text_general`, which decides for them.
     """
+    import pandas as pd
+
+    fixed = _parse_fixed(values, fmt)
+    if fixed is None:
+        return _parse_text_general(values, fmt)
+    aware = pd.Series(pd.NaT, index=values.index, dtype=_DATE_DTYPE)
+    rest = fixed.isna()
+    if rest.any():
+        slow_naive, slow_aware = _parse_text_general(values[rest], fmt)
+        fixed.loc[rest] = slow_naive
+        aware.loc[rest] = slow_aware
+    return fixed, aware
+
+
+_FIXED_FIELDS = {"%Y": 4, "%m": 2, "%d": 2, "%H": 2, "%M": 2, "%S": 2}
+
+
+def _fixed_layout(fmt: str) -> tuple[int, dict[str, int], str] | None:
+    """(width, start of each field, a regex of the whole value) for a format made only of
+    fixed-width numeric fields (each at most once, %Y %m %d among them) and literal
+    characters; None for any other format."""
+    import re
+
+    starts: dict[str, int] = {}
+    pattern, width, i = "", 0, 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            code = fmt[i : i + 2]
+            if code not in _FIXED_FIELDS or code in starts:
+                return None
+            starts[code], width = width, width + _FIXED_FIELDS[code]
+            pattern += f"[0-9]{{{_FIXED_FIELDS[code]}}}"
+            i += 2
+            continue
+        if (fmt[i].isspace() and fmt[i] != " ") or not fmt[i].isascii():
+            return None  # a space matches one space here (strptime also takes more)
+        pattern, width, i = pattern + re.escape(fmt[i]), width + 1, i + 1
+    if not {"%Y", "%m", "%d"} <= set(starts):
+        return None
+    return width, starts, f"^{pattern}$"
+
+
+def _parse_fixed(values: Any, fmt: str) -> Any:
+    """Naive wall times (datetime64[ms]) of the values that have exactly the fixed-width shape
+    of `fmt` (every field zero-padded) and are a real date and time (year 1 to 9999, seconds
+    below 60), NaT for every other value; None when `fmt` is not such a format."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    layout = _fixed_layout(fmt)
+    if layout is None:
+        return None
+    width, starts, pattern = layout
+    out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ms]")
+    text = pa.array(values.astype("str"), type=pa.large_string())
+    shaped = pc.fill_null(pc.match_substring_regex(text, pattern), False)
+    where = np.flatnonzero(shaped.to_numpy(zero_copy_only=False))
+    if len(where):
+        chosen = pa.concat_arrays([text.take(pa.array(where))])
+        data = np.frombuffer(chosen.buffers()[2], dtype=np.uint8)[: len(where) * width]
+        digits = data.reshape(len(where), width).astype(np.int64) - 48
+
+        def field(code: str, default: int) -> Any:
+            if code not in starts:
+                return np.full(len(where), default, dtype=np.int64)
+            start, number = starts[code], np.zeros(len(where), dtype=np.int64)
+            for k in range(_FIXED_FIELDS[code]):
+                number = number * 10 + digits[:, start + k]
+            return number
+
+        year, month, day = field("%Y", 0), field("%m", 0), field("%d", 0)
+        hour, minute, second = field("%H", 0), field("%M", 0), field("%S", 0)
+        months = (year - 1970) * 12 + (month - 1)
+        month_start = np.clip(months, -30000, 110000).astype("datetime64[M]")
+        length = (month_start + 1).astype("datetime64[D]") - month_start.astype("datetime64[D]")
+        valid = (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1)
+        valid &= day <= length.astype(np.int64)
+        valid &= (hour < 24) & (minute < 60) & (second < 60)
+        days = month_start.astype("datetime64[D]").astype(np.int64) + day - 1
+        ms = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000
+        out[where[valid]] = ms[valid].astype("datetime64[ms]")
+    return pd.Series(out, index=values.index)
+
+
+def _parse_text_general(values: Any, fmt: str) -> tuple[Any, Any]:
+    """pandas parses in bulk; where it cannot (nanosecond range, mixed offsets), Python's
+    datetime parses value by value, so a far date is a date, not a crash."""
     try:
         naive, aware, nanosecond = _parse_text_pandas(values, fmt)
     except (ValueError, OverflowError):  # OutOfBoundsDatetime is a ValueError

@@ -20,6 +20,8 @@ Example::
       yielding_status_codes: [429]       # wait (Retry-After) and retry; not counted
       timeout_seconds: 30
       ca_bundle: null                    # a PEM file to trust instead of the system CAs
+      headers: {}                        # more request headers, e.g. {X-CAP-ORG: "${ORG}"};
+                                         # values are secrets (masked everywhere)
 
 Rate: `rate.limit` is never exceeded in any window of `rate.per`, from the first request on.
 A request takes its slot at the moment it leaves (just before its first byte is written, see
@@ -52,10 +54,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from dataflow.block import BlockConfig, OnResult, Sink, Template
 from dataflow.errors import ApiDown, AuthError, FatalError
@@ -72,6 +75,8 @@ if TYPE_CHECKING:  # imported when the block sends: `dataflow validate` stays li
 log = logging.getLogger(__name__)
 
 PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+RESERVED_HEADERS = {"content-type", "authorization", "x-cap-api-oauth-token", "content-length"}
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 
 
 class Rate(BaseModel):
@@ -97,6 +102,23 @@ class HttpWriteConfig(BlockConfig):
     max_yield_seconds: float = Field(default=900, ge=0)
     max_consecutive_failures: int = Field(default=5, ge=1)
     ca_bundle: str | None = None
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="additional request headers (Connect+'s custom headers); values are "
+        "treated as secrets and masked; the content type, auth and token headers are ours",
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by dataflow itself; remove it")
+            if any(c in secret.get_secret_value() for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} holds a line break or NUL")
+        return value
 
     @field_validator("base_url")
     @classmethod
@@ -155,6 +177,7 @@ class HttpWrite(Sink):
                 max_connections=c.concurrency, max_keepalive_connections=c.concurrency
             ),
             headers={
+                **{name: value.get_secret_value() for name, value in c.headers.items()},
                 "Content-Type": "application/json",
                 "Accept": "application/json",
                 "User-Agent": "dataflow/0.1",

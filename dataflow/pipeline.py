@@ -18,6 +18,7 @@ failed in the lineage it retries; its original stays where it is (in processed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -201,8 +202,17 @@ async def _send_rows(
     accounts = Accounts(report, errors, progress, checkpoints)
     planned = _plan(chain, stream, progress, progress.key or report.sha256 or report.lineage_id)
 
+    ahead: list[asyncio.Future[tuple[Chunk, pd.DataFrame, list[Request]] | None]] = []
+
+    def map_next() -> asyncio.Future[tuple[Chunk, pd.DataFrame, list[Request]] | None]:
+        """Map the next chunk in a thread; it is taken (counted) only when its turn comes."""
+        ahead[:] = [asyncio.ensure_future(asyncio.to_thread(next, planned, None))]
+        return ahead[0]
+
     async def requests() -> AsyncIterator[Request]:
-        while not STOP.is_set() and (item := await asyncio.to_thread(next, planned, None)):
+        pending = map_next()
+        while not STOP.is_set() and (item := await pending):
+            pending = map_next()  # the next chunk is mapped while this one's requests are sent
             chunk, done, built = item
             accounts.take_chunk(chunk, done)
             console.listener().rows_read(chunk.total, len(chunk.errors), len(done))
@@ -211,11 +221,16 @@ async def _send_rows(
                     return
                 yield request
 
-    if chain.dry_run:
-        async for _ in requests():
-            pass
-    else:
-        await chain.sink.send(requests(), console.counting(accounts.on_result))
+    try:
+        if chain.dry_run:
+            async for _ in requests():
+                pass
+        else:
+            await chain.sink.send(requests(), console.counting(accounts.on_result))
+    finally:  # a chunk mapped ahead and never reached: let its thread end, then drop it
+        for future in ahead:
+            with contextlib.suppress(Exception):
+                await future
     if STOP.is_set():
         raise Stopped(
             f"stopped before the file was finished; {accounts.acknowledged} acknowledged row(s)"

@@ -20,6 +20,26 @@ import yaml
 
 from dataflow.sandbox import SFTP_DIRS, Emulator, PgpKeys, SftpServer
 
+# the sample files' event date, and the bulk templates' mapping, shared by the suites
+EVENT_DATE = {"column": "event_date", "date_format": "%d/%m/%Y %H:%M", "timezone": "Asia/Kolkata"}
+
+
+def bulk_mapping(
+    owner: Any = "owner_type", reference: Any = "reference_id", date_field: str = "earnEventDate"
+) -> dict[str, Any]:
+    """A bulk template's `transform:` settings; ownerType/referenceId from columns by default
+    (pass ``{"const": ...}`` for a constant)."""
+    return {
+        "mapping": {
+            "badgeMetaId": "badge_id",
+            "customerId": "customer_id",
+            date_field: EVENT_DATE,
+            "ownerType": owner,
+            "referenceId": reference,
+        }
+    }
+
+
 CLIENT_KEY = "acme-key"
 CLIENT_SECRET = "client-secret-" + secrets.token_hex(8)
 BASIC_USER = "acme-basic"
@@ -144,11 +164,7 @@ class Bed:
                 "mapping": {
                     "badgeMetaId": "badge_id",
                     "customerId": "customer_id",
-                    "earnEventDate": {
-                        "column": "event_date",
-                        "date_format": "%d/%m/%Y %H:%M",
-                        "timezone": "Asia/Kolkata",
-                    },
+                    "earnEventDate": EVENT_DATE,
                     "earnExpiresOn": {"column": "expires_at", "date_format": "epoch"},
                 },
                 **(transform or {}),

@@ -44,7 +44,7 @@ import pytest
 
 from dataflow.sandbox import Emulator, PgpKeys, SftpServer
 
-from .conftest import CLIENT_KEY, CLIENT_SECRET, Bed
+from .conftest import CLIENT_KEY, CLIENT_SECRET, Bed, bulk_mapping
 
 ROWS = 3000
 BATCH, CONCURRENCY = 10, 4
@@ -61,19 +61,7 @@ SINK = {
     "max_retries": 5,  # bridges the restart (about 2 s of refused connections)
     "timeout_seconds": TIMEOUT_S,
 }
-BULK_MAPPING = {
-    "mapping": {
-        "badgeMetaId": "badge_id",
-        "customerId": "customer_id",
-        "earnEventDate": {
-            "column": "event_date",
-            "date_format": "%d/%m/%Y %H:%M",
-            "timezone": "Asia/Kolkata",
-        },
-        "ownerType": {"const": "Loyalty"},
-        "referenceId": {"const": "weekly-import"},
-    }
-}
+BULK_MAPPING = bulk_mapping({"const": "Loyalty"}, {"const": "weekly-import"})
 BASE = {"error_rate": 0.05, "token_ttl": 4, "retry_after": 1, "seed": 11}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Bed, counts, wait_until
+from .conftest import Bed, bulk_mapping, counts, wait_until
 
 NAME = "badges_crash.csv.gpg"
 GOOD = [f"BADGE-GOLD,{5001 + i},16/11/2026 09:30,1798761600" for i in range(40)]
@@ -189,19 +189,7 @@ def test_two_runs_of_one_dataflow_never_overlap(bed: Bed) -> None:
     assert_finished_exactly_once(bed, json.loads(out))
 
 
-BULK_MAPPING = {
-    "mapping": {
-        "badgeMetaId": "badge_id",
-        "customerId": "customer_id",
-        "earnEventDate": {
-            "column": "event_date",
-            "date_format": "%d/%m/%Y %H:%M",
-            "timezone": "Asia/Kolkata",
-        },
-        "ownerType": {"const": "Loyalty"},
-        "referenceId": {"const": "weekly-import"},
-    }
-}
+BULK_MAPPING = bulk_mapping({"const": "Loyalty"}, {"const": "weekly-import"})
 
 
 def test_sigterm_while_requests_time_out_keeps_their_rows_for_the_resumed_run(bed: Bed) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Bed, counts
+from .conftest import Bed, bulk_mapping, counts
 
 NAME = "badges_bulk.csv.gpg"
 IST_0930_16NOV = 1794801600  # 16/11/2026 09:30 Asia/Kolkata
@@ -35,19 +35,7 @@ METAS = [
 
 
 def mapping(date_field: str) -> dict[str, Any]:
-    return {
-        "mapping": {
-            "badgeMetaId": "badge_id",
-            "customerId": "customer_id",
-            date_field: {
-                "column": "event_date",
-                "date_format": "%d/%m/%Y %H:%M",
-                "timezone": "Asia/Kolkata",
-            },
-            "ownerType": "owner_type",
-            "referenceId": "reference_id",
-        }
-    }
+    return bulk_mapping(date_field=date_field)
 
 
 def setup(bed: Bed, template: str) -> Any:

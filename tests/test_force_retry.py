@@ -25,23 +25,11 @@ import pytest
 from dataflow.checkpoint import SCHEMA as CHECKPOINT_SCHEMA
 from dataflow.ledger import SCHEMA, Ledger, RetryRefused
 
-from .conftest import Bed, counts
+from .conftest import Bed, bulk_mapping, counts
 
 NAME = "badges_again.csv.gpg"
 BULK_HEADER = "badge_id,customer_id,event_date,owner_type,reference_id"
-BULK_MAPPING = {
-    "mapping": {
-        "badgeMetaId": "badge_id",
-        "customerId": "customer_id",
-        "earnEventDate": {
-            "column": "event_date",
-            "date_format": "%d/%m/%Y %H:%M",
-            "timezone": "Asia/Kolkata",
-        },
-        "ownerType": "owner_type",
-        "referenceId": "reference_id",
-    }
-}
+BULK_MAPPING = bulk_mapping()
 BULK_CUSTOMERS = list(range(8101, 8111))
 
 

@@ -3,7 +3,7 @@ so a file resumed after an upgrade is recognised by the API (809) and never issu
 
 from __future__ import annotations
 
-from .conftest import Bed
+from .conftest import Bed, bulk_mapping
 
 HEADER = b"badge_id,customer_id,event_date,owner_type,reference_id\n"
 ROWS = b"".join(
@@ -11,19 +11,7 @@ ROWS = b"".join(
     % (b"GOLD" if i % 3 else b"SILVER", 5000 + i, i % 2)
     for i in range(1, 41)
 )
-MAPPING = {
-    "mapping": {
-        "badgeMetaId": "badge_id",
-        "customerId": "customer_id",
-        "earnEventDate": {
-            "column": "event_date",
-            "date_format": "%d/%m/%Y %H:%M",
-            "timezone": "Asia/Kolkata",
-        },
-        "ownerType": "owner_type",
-        "referenceId": "reference_id",
-    }
-}
+MAPPING = bulk_mapping()
 # computed by the code at b74695b (before the layout refactor of issue 8); never change them
 PINNED = [
     "7b330235ad65421874308d24a1d80c8d",

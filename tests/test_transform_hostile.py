@@ -17,7 +17,7 @@ from dataflow.errors import FileRejected
 from dataflow.templates import EARNED_BADGES, to_json_value
 from dataflow_blocks.field_mapping import FieldMapping, FieldMappingConfig, FieldSpec, map_rows
 
-from .conftest import Bed
+from .conftest import EVENT_DATE, Bed
 
 EVENT = "2026-11-16T10:00:00Z"
 LATER = "1830000000"
@@ -322,11 +322,7 @@ def test_far_dates_end_to_end(bed: Bed) -> None:
     mapping = {
         "badgeMetaId": "badge_id",
         "customerId": "customer_id",
-        "earnEventDate": {
-            "column": "event_date",
-            "date_format": "%d/%m/%Y %H:%M",
-            "timezone": "Asia/Kolkata",
-        },
+        "earnEventDate": EVENT_DATE,
         "earnExpiresOn": {"column": "expires_at", "date_format": "%d/%m/%Y"},
     }
     code, report, stderr = bed.run_json(bed.config(transform={"mapping": mapping}))

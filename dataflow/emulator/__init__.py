@@ -39,7 +39,8 @@ Inspection: ``GET /__emulator/received`` (imported records, earned and issued ba
 calls' arrival times), ``GET /__emulator/requests`` (every badge API request: arrival time,
 method, path, status, records), ``POST /__emulator/reset``.
 
-Run: ``python -m dataflow.emulator --port 8080 --client KEY:SECRET --basic USER:PASSWORD``.
+Run: ``python -m dataflow.emulator --port 8080 --client KEY:SECRET --basic USER:PASSWORD``
+(``--fast``: a benchmark mode of the import API, see `dataflow.emulator.fast`).
 """
 
 from dataflow.emulator.app import create_app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import orjson
 
@@ -19,6 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--basic", action="append", default=[], help="USER:PASSWORD")
     parser.add_argument("--badge-meta", action="append", default=[], help="a known badgeMetaId")
     parser.add_argument("--config", help="a JSON file with the keys of /__emulator/config")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="benchmark mode: the import API minimally validated (see dataflow.emulator.fast)",
+    )
     args = parser.parse_args(argv)
     state = State()
     if args.config:
@@ -31,9 +37,12 @@ def main(argv: list[str] | None = None) -> None:
             "badge_metas": args.badge_meta,
         }
     )
-    uvicorn.run(
-        create_app(state), host=args.host, port=args.port, log_level="warning", access_log=False
-    )
+    app: Any = create_app(state)
+    if args.fast:
+        from dataflow.emulator.fast import create_fast_app
+
+        app = create_fast_app(state)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 main()

@@ -121,6 +121,12 @@ def create_app(state: State | None = None) -> Starlette:
                 "method": request.method,
                 "path": request.url.path,
                 "records": 0,
+                # custom headers a client sent (Connect+ lets users add them); the token is not
+                "headers": {
+                    k: v
+                    for k, v in request.headers.items()
+                    if k.startswith("x-") and k != "x-cap-api-oauth-token"
+                },
             }
             state.requests.append(entry)
             allowed = authorised(request)  # as a server does: on arrival, before any work
