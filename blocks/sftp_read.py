@@ -19,6 +19,7 @@ Example::
       max_expansion_ratio: 200                 # refuse a decompression bomb
       ok_file: false                           # true: take X only once X.ok exists
       min_file_age_seconds: 30
+      result_file: errors                      # or all: every row, its outcome and API id
 
 `private_key` is an OpenSSH or PEM private key (RSA, ECDSA, Ed25519) as text, as the base64 of
 that text (the form Connect+ stores), or ``${file:PATH}``. Host keys are checked against
@@ -171,6 +172,12 @@ class SftpReadConfig(BlockConfig):
     min_file_age_seconds: int = Field(default=0, ge=0)
     timeout_seconds: float = Field(default=30, gt=0)
     neutralize_formulas: bool = True
+    result_file: Literal["errors", "all"] = Field(
+        default="errors",
+        description="errors: the error file (rejected and failed rows); all: every "
+        "non-filtered row with its outcome and the API's id (earnedBadgeId or issuedId), "
+        "same name and columns plus outcome,api_id",
+    )
 
     @field_validator("filename_pattern", "zip_member")
     @classmethod
@@ -942,3 +949,7 @@ class SftpRead(Source):
     @property
     def neutralize_formulas(self) -> bool:
         return self.config.neutralize_formulas
+
+    @property
+    def result_file(self) -> Literal["errors", "all"]:
+        return self.config.result_file

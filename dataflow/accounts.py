@@ -56,6 +56,8 @@ class Accounts:
             failure = self.progress.failures.get(int(line_no))
             if failure is None:
                 report.rows_succeeded += 1
+                # its id came in an answer of the interrupted run: not kept, so left empty
+                self.errors.add_accepted(int(line_no), "", values(chunk.source, int(line_no), None))
                 continue
             code, message = failure
             self._failed(RowError(int(line_no), STAGE_DESTINATION, message, code), chunk.source)
@@ -71,6 +73,9 @@ class Accounts:
         for result in results:
             if result.ok:
                 self.report.rows_succeeded += 1
+                if self.errors.all_rows:
+                    row = values(request.source, result.line_no, None)
+                    self.errors.add_accepted(result.line_no, result.api_id, row)
                 continue
             error = RowError(result.line_no, STAGE_DESTINATION, result.message, result.status_code)
             if result.final:

@@ -154,6 +154,13 @@ class Source(Block):
         return path
 
     @property
+    def result_file(self) -> Literal["errors", "all"]:
+        """What is written back per file (contract §9): ``errors`` (the error file: rejected
+        and failed rows) or ``all`` (every non-filtered row with its outcome and the API's
+        id, under the same name); a source may let users choose."""
+        return "errors"
+
+    @property
     def neutralize_formulas(self) -> bool:
         """Write a value that would open as a spreadsheet formula with a leading ``'`` in the
         error file this source gets back (contract §3); a source may let users turn it off."""

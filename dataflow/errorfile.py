@@ -25,6 +25,7 @@ from dataflow.redact import redact
 from dataflow.rows import RowError
 
 TRAILER = ["LINE_NO", "error_stage", "status_code", "error_message"]
+RESULT_TRAILER = ["outcome", "api_id"]  # `result_file: all`: every row, with the API's id
 MAX_RAW = 500
 MAX_KINDS = 200  # distinct (stage, code, message) counted per file; the rest is "other"
 SUMMARY_ROWS = 20  # the commonest kept in the ledger's error_summary
@@ -68,8 +69,10 @@ class ErrorFile:
         delimiter: str = ",",
         *,
         neutralize_formulas: bool = True,
+        all_rows: bool = False,
     ) -> None:
         self.path = path
+        self.all_rows = all_rows  # a result file: accepted rows too, and outcome/api_id
         self.columns = columns
         self.delimiter = delimiter
         self.neutralize_formulas = neutralize_formulas
@@ -90,7 +93,8 @@ class ErrorFile:
         try:
             if self._fh is None:
                 self._fh = self.path.open("w", encoding="utf-8", newline="")
-                self._fh.write(self.delimiter.join(map(self._cell, [*self.columns, *TRAILER])))
+                header = [*self.columns, *TRAILER, *(RESULT_TRAILER if self.all_rows else [])]
+                self._fh.write(self.delimiter.join(map(self._cell, header)))
                 self._fh.write("\n")
             self._fh.write(line + "\n")
         except OSError as exc:
@@ -103,9 +107,21 @@ class ErrorFile:
             message = f"{message}: {raw}"
         cells: list[Any] = [("" if v is None else str(v)) for v in values] if values else []
         cells += [""] * (len(self.columns) - len(cells))
-        self._write([*cells, error.line_no or "", error.stage, error.status_code, redact(message)])
+        row = [*cells, error.line_no or "", error.stage, error.status_code, redact(message)]
+        if self.all_rows:
+            row += ["rejected" if error.stage == "transform" else "failed", ""]
+        self._write(row)
         self.rows += 1
         self._count(error)
+
+    def add_accepted(self, line_no: int, api_id: str, values: list[Any] | None) -> None:
+        """An accepted row, for a result file (`result_file: all`); nothing otherwise."""
+        if not self.all_rows:
+            return
+        cells: list[Any] = [("" if v is None else str(v)) for v in values] if values else []
+        cells += [""] * (len(self.columns) - len(cells))
+        self._write([*cells, line_no, "", "", "", "succeeded", api_id])
+        self.rows += 1
 
     def _count(self, error: RowError) -> None:
         key = (error.stage, str(error.status_code), redact(error.message))

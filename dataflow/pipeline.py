@@ -144,6 +144,7 @@ async def _process(
             stream.columns,
             chain.transform.delimiter,
             neutralize_formulas=source.neutralize_formulas,
+            all_rows=source.result_file == "all",
         )
         try:
             await _send_rows(chain, stream, errors, report, progress, ledger)

@@ -70,3 +70,4 @@ class RecordResult:
     # False: no verdict from the API about this row (transient or unconfirmed); such a row is
     # sent again if its file is kept
     final: bool = True
+    api_id: str = ""  # the API's id for an accepted record (earnedBadgeId / issuedId), if given

@@ -226,7 +226,7 @@ def _import_verdict(line_no: int, status: int, element: Any) -> RecordResult:
         return _failed(line_no, errors)
     data = element.get("data")
     if isinstance(data, dict) and data.get("earnedBadgeId") not in (None, ""):
-        return RecordResult(line_no, True)
+        return RecordResult(line_no, True, api_id=str(data["earnedBadgeId"]))
     return _unconfirmed(line_no, status, "the record's result has no data.earnedBadgeId")
 
 
@@ -370,8 +370,9 @@ def _bulk_verdict(
 ) -> RecordResult:
     if item is not None and item.get("error"):
         return _failed(line_no, item["error"])
-    if applied or (item is not None and item.get("issuedId") not in (None, "")):
-        return RecordResult(line_no, True)
+    issued = item.get("issuedId") if item is not None else None
+    if applied or issued not in (None, ""):
+        return RecordResult(line_no, True, api_id="" if issued is None else str(issued))
     if item is None:
         return _unconfirmed(line_no, status, f"the response has no result for customer {customer}")
     return _unconfirmed(line_no, status, f"the result for customer {customer} has no issuedId")

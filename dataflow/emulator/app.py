@@ -168,11 +168,13 @@ def create_app(state: State | None = None) -> Starlette:
                 out.append({"data": None, "errors": [problem], "warnings": []})
                 continue
             state.accepted += 1
+            earned_id = state.new_id()
             if state.store:
                 state.received.append(record)
+                state.earned_ids.append([record.get("customerId"), earned_id])
             out.append(
                 {
-                    "data": {**record, "earnedBadgeId": state.new_id()},
+                    "data": {**record, "earnedBadgeId": earned_id},
                     "errors": None,
                     "warnings": [],
                 }
@@ -199,6 +201,7 @@ def create_app(state: State | None = None) -> Starlette:
         return _json(
             {
                 "records": state.received,
+                "earned_ids": state.earned_ids,
                 "earned": state.earned,
                 "issued": state.issued,
                 "accepted": state.accepted,

@@ -55,6 +55,7 @@ class State:
     token_requests: int = 0
     token_calls: list[float] = field(default_factory=list)  # arrival time of each token call
     received: list[dict[str, Any]] = field(default_factory=list)  # imported records
+    earned_ids: list[list[Any]] = field(default_factory=list)  # [customerId, earnedBadgeId]
     earned: list[dict[str, Any]] = field(default_factory=list)  # earnBulk, per customer
     issued: list[dict[str, Any]] = field(default_factory=list)  # issueBulk, per customer
     active_issues: set[tuple[str, int]] = field(default_factory=set)
@@ -108,6 +109,7 @@ class State:
         """Forget traffic and faults; keep credentials and badge metas."""
         for name in (
             "received",
+            "earned_ids",
             "earned",
             "issued",
             "requests",
