@@ -14,15 +14,20 @@ it again (see `dataflow.accounts`).
 The finishing steps are recorded too: the error file's chosen name, then its uploaded path;
 the original is moved last and the checkpoint deleted in the same transaction that records
 the file as done.
+
+On several machines a worker holds the file's lease (`dataflow.lease`): every write here goes
+through the ledger's `guard`, which checks the lease's fence in the same transaction, so a
+worker that lost its lease changes nothing (`LeaseLost`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -89,10 +94,24 @@ class Progress:
         return mask
 
 
+class Executor(Protocol):
+    """A connection that runs SQLite-style statements (``?`` parameters): a sqlite3
+    connection, or the ledger's `dataflow.db.Store` (SQLite or PostgreSQL)."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any: ...
+
+
 class Checkpoints:
-    def __init__(self, db: sqlite3.Connection, dataflow: str) -> None:
+    def __init__(
+        self,
+        db: Executor,
+        dataflow: str,
+        guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
         self.db = db  # the ledger's connection; the ledger created SCHEMA
         self.dataflow = dataflow
+        # around every write: the ledger's check of the file's lease (dataflow.lease), if any
+        self.guard = guard
 
     def open(
         self, sha256: str, name: str, send_no: int = 0, retry_of: str | None = None
@@ -104,11 +123,12 @@ class Checkpoints:
         if row is None:
             lineage = str(uuid.uuid4())
             key = send_key(sha256, send_no)
-            self.db.execute(
-                "INSERT INTO progress (dataflow, sha256, name, lineage_id, content, send_no, "
-                "retry_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.dataflow, key, name, lineage, sha256, send_no, retry_of),
-            )
+            with self.guard():
+                self.db.execute(
+                    "INSERT INTO progress (dataflow, sha256, name, lineage_id, content, "
+                    "send_no, retry_of) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (self.dataflow, key, name, lineage, sha256, send_no, retry_of),
+                )
             return Progress(lineage, key, send_no)
         key, lineage, error_name, error_path, send_no = row
         progress = Progress(lineage, key, send_no, True, error_name=error_name)
@@ -159,21 +179,24 @@ class Checkpoints:
         `key` is the send's (`Progress.key`)."""
         lines = np.array([r.line_no for r in results], dtype=np.int64)
         failures = [[r.line_no, r.status_code, r.message] for r in results if not r.ok]
-        self.db.execute(
-            "INSERT INTO acks (dataflow, sha256, lines, failures) VALUES (?, ?, ?, ?)",
-            (self.dataflow, key, lines.tobytes(), json.dumps(failures) if failures else None),
-        )
+        with self.guard():
+            self.db.execute(
+                "INSERT INTO acks (dataflow, sha256, lines, failures) VALUES (?, ?, ?, ?)",
+                (self.dataflow, key, lines.tobytes(), json.dumps(failures) if failures else None),
+            )
 
     def error_file(self, key: str, *, name: str | None = None, path: str | None = None) -> None:
         column, value = ("error_name", name) if name is not None else ("error_path", path)
-        self.db.execute(
-            f"UPDATE progress SET {column} = ? WHERE dataflow = ? AND sha256 = ?",
-            (value, self.dataflow, key),
-        )
+        with self.guard():
+            self.db.execute(
+                f"UPDATE progress SET {column} = ? WHERE dataflow = ? AND sha256 = ?",
+                (value, self.dataflow, key),
+            )
 
     def forget(self, key: str) -> None:
         """The send is finished: its checkpoint is no longer needed."""
-        for table in ("acks", "progress"):
-            self.db.execute(
-                f"DELETE FROM {table} WHERE dataflow = ? AND sha256 = ?", (self.dataflow, key)
-            )
+        with self.guard():
+            for table in ("acks", "progress"):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE dataflow = ? AND sha256 = ?", (self.dataflow, key)
+                )

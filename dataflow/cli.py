@@ -1,4 +1,5 @@
-"""The ``dataflow`` command (click): validate, run, retry, schedule, runs, ui, check, schema.
+"""The ``dataflow`` command (click): validate, run, retry, schedule, worker, runs, ui, check,
+schema, db.
 
 Every command's ``--help`` ends with an example. ``-v`` and ``--log-format`` are accepted
 before or after the command. Usage errors exit 2 with click's message; the other exit codes
@@ -317,10 +318,52 @@ def _print_summary(report: RunReport) -> None:
 )
 @click.argument("paths", nargs=-1, required=True, type=PATH)
 @click.option("--http", type=ADDRESS, metavar="HOST:PORT", help="serve page and metrics")
-def _schedule(paths: tuple[Path, ...], http: tuple[str, int] | None, **_: Any) -> int:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "celery"]),
+    default="local",
+    show_default=True,
+    help="run here, or put each due run on the Celery queue (DATAFLOW_BROKER_URL)",
+)
+def _schedule(
+    paths: tuple[Path, ...], http: tuple[str, int] | None, executor: str, **_: Any
+) -> int:
+    from dataflow.celery_app import BrokerSettingError
     from dataflow.scheduler import serve
 
-    return serve(list(paths), http=http)
+    try:
+        return serve(list(paths), http=http, executor=executor)
+    except BrokerSettingError as exc:
+        print(f"dataflow schedule: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StateError as exc:
+        print(f"dataflow schedule: {exc}", file=sys.stderr)
+        return 1
+
+
+@command(
+    "worker",
+    "run the dataflows put on the Celery queue (DATAFLOW_BROKER_URL) until SIGTERM",
+    ("dataflow worker --concurrency 2   # with DATAFLOW_BROKER_URL and DATAFLOW_STATE_URL",),
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 64), default=1, show_default=True,
+    help="dataflows run at once by this worker",
+)  # fmt: skip
+def _worker(concurrency: int, verbose: bool, **_: Any) -> int:
+    from dataflow.celery_app import BrokerSettingError, serve_worker
+    from dataflow.db import state_url
+
+    try:
+        if state_url() is None:
+            log.warning(
+                "DATAFLOW_STATE_URL is not set: this worker keeps its state in the local "
+                "state directory, which only workers on this machine share"
+            )
+        return serve_worker(concurrency, verbose)
+    except BrokerSettingError as exc:
+        print(f"dataflow worker: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 @command(
@@ -410,6 +453,45 @@ def _runs(
                 print(f"        {count} x {stage} {code}: {message}")
     if not history:
         print("no runs recorded", file=sys.stderr)
+    return 0
+
+
+EXAMPLE_URL = "postgresql+psycopg://dataflow@db.internal/dataflow"
+
+
+@cli.group(
+    "db",
+    help="the PostgreSQL state of several machines (DATAFLOW_STATE_URL)",
+    epilog=_example(f"dataflow db upgrade   # with DATAFLOW_STATE_URL={EXAMPLE_URL}"),
+)
+def _db() -> None:
+    pass
+
+
+@_db.command(
+    "upgrade",
+    help="create or migrate the schema in DATAFLOW_STATE_URL (idempotent)",
+    epilog=_example(f"dataflow db upgrade   # with DATAFLOW_STATE_URL={EXAMPLE_URL}"),
+)
+def _db_upgrade() -> int:
+    from dataflow import db
+
+    _setup_logging(False)
+    url = db.state_url()
+    if url is None:
+        print(
+            "dataflow db upgrade: DATAFLOW_STATE_URL is not set (the SQLite state in "
+            "DATAFLOW_STATE_DIR needs no upgrade: it is migrated when opened)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        before, now = db.upgrade(url)
+    except StateError as exc:
+        print(f"dataflow db upgrade: {exc}", file=sys.stderr)
+        return 1
+    state = "already at" if before == now else f"upgraded from {before} to"
+    print(f"the state database {db.shown(url)} is {state} schema {now}", file=sys.stderr)
     return 0
 
 

@@ -1,19 +1,25 @@
-"""The run ledger: runs, files and their outcome, in SQLite under the state directory.
+"""The run ledger: runs, files and their outcome, in SQLite under the state directory or in
+PostgreSQL (``DATAFLOW_STATE_URL``, see `dataflow.db`).
 
 ``$DATAFLOW_STATE_DIR`` (default ``~/.local/state/dataflow``) holds ``ledger.db``. The ledger
 answers "did this dataflow already complete a file with this content?" (duplicates), keeps
 the checkpoints of files in progress (`dataflow.checkpoint`), and feeds ``dataflow runs``.
 A lock file per dataflow (``locks/<name>.lock``, an flock released by the kernel even on
-``kill -9``) keeps two processes from working on one dataflow at the same time.
+``kill -9``) keeps two processes from working on one dataflow at the same time; on
+PostgreSQL it is a session advisory lock, freed by the server when the holder's connection
+ends (or its host vanishes: keepalives of a few seconds).
 
 A state directory that cannot be used (read-only, full, not a directory) raises `StateError`
 (a FatalError) naming the directory and what to do, from whichever call found it; no sqlite
-or OS exception leaves this module.
+or OS exception leaves this module. A PostgreSQL state that cannot be reached, or whose schema
+``dataflow db upgrade`` did not create, raises a StateError naming the URL (never its
+password).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,11 +28,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import exc as sa_exc
 
+from dataflow import lease as leases
 from dataflow.checkpoint import COLUMNS as CHECKPOINT_COLUMNS
 from dataflow.checkpoint import SCHEMA as CHECKPOINT_SCHEMA
 from dataflow.checkpoint import Checkpoints, send_key
+from dataflow.db import (
+    LEASE_SCHEMA,
+    SCHEMA_VERSION,
+    Store,
+    database_error,
+    postgres_engine,
+    schema_version,
+    shown,
+    sqlite_engine,
+    state_url,
+)
 from dataflow.errors import DataflowError, StateError
+from dataflow.lease import Lease
 from dataflow.report import FileReport, RunReport
 
 SCHEMA = """
@@ -137,44 +157,69 @@ def state_error(directory: Path, exc: BaseException) -> StateError:
     )
 
 
-class _Connection(sqlite3.Connection):
-    """A connection whose failures are StateErrors naming the state directory."""
+def _sqlite_error(directory: Path) -> Any:
+    def on_error(exc: BaseException) -> StateError:
+        if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+            exc = exc.orig  # the sqlite3 error, as the messages have always said it
+        return state_error(directory, exc)
 
-    directory: Path = Path()
+    return on_error
 
-    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        try:
-            return super().execute(sql, parameters)
-        except sqlite3.Error as exc:
-            raise state_error(self.directory, exc) from exc
 
-    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
-        try:
-            return super().executescript(sql_script)
-        except sqlite3.Error as exc:
-            raise state_error(self.directory, exc) from exc
+def _lock_key(name: str) -> int:
+    """The advisory lock number of a dataflow's lock (64 bits, signed as PostgreSQL's)."""
+    digest = hashlib.blake2b(f"dataflow-lock:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class Ledger:
-    def __init__(self, directory: Path | None = None) -> None:
-        self.path = (directory or state_dir()) / "ledger.db"
+    def __init__(self, directory: Path | None = None, *, url: str | None = None) -> None:
+        """The ledger in PostgreSQL when `url` (or DATAFLOW_STATE_URL) is set, else in
+        ``ledger.db`` in `directory` (default: the state directory)."""
+        self.url = url if url is not None else state_url()
+        self._checkpoints: dict[str, Checkpoints] = {}
+        self._leases: dict[str, Lease] = {}  # dataflow -> the lease of its file in progress
+        self._in_tx = False
+        if self.url:
+            self._open_postgres(self.url)
+        else:
+            self._open_sqlite(directory or state_dir())
+
+    def _open_sqlite(self, directory: Path) -> None:
+        self.path = directory / "ledger.db"
         self.directory = self.path.parent
-        try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, factory=_Connection)
-        except sqlite3.Error as exc:
-            raise state_error(self.directory, exc) from exc
-        assert isinstance(db, _Connection)
-        db.directory = self.directory
-        self._db: sqlite3.Connection = db
+        self.where = str(self.path)
+        self.postgres = False
+        path = self.path
+        engine = sqlite_engine(lambda: sqlite3.connect(path, timeout=30, isolation_level=None))
+        self._db = Store(engine, _sqlite_error(self.directory))
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
-            self._db.executescript(SCHEMA + CHECKPOINT_SCHEMA)
+            self._db.script(SCHEMA + CHECKPOINT_SCHEMA + LEASE_SCHEMA)
             self._migrate()
         except StateError:
             self._db.close()
             raise
-        self._checkpoints: dict[str, Checkpoints] = {}
+
+    def _open_postgres(self, url: str) -> None:
+        self.directory = state_dir_path()
+        self.path = self.directory / "ledger.db"  # not used: the state is in PostgreSQL
+        self.where = shown(url)
+        self.postgres = True
+        self._db = Store(postgres_engine(url), lambda exc: database_error(url, exc))
+        try:
+            version = schema_version(self._db)
+        except StateError:
+            self._db.close()
+            raise
+        if version != SCHEMA_VERSION:
+            self._db.close()
+            state = "has no dataflow schema" if version == 0 else f"has schema {version}"
+            raise StateError(
+                f"the state database {self.where} (DATAFLOW_STATE_URL) {state}, this version "
+                f"of dataflow needs schema {SCHEMA_VERSION}: run `dataflow db upgrade` once"
+            )
 
     def _migrate(self) -> None:
         """Add the columns a state directory of an earlier version lacks."""
@@ -183,14 +228,30 @@ class Ledger:
             if column not in names:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
+    @property
+    def store(self) -> Store:
+        """The ledger's connection (`dataflow.lease` works on it)."""
+        return self._db
+
+    @property
+    def _order(self) -> str:
+        """The column of insertion order: SQLite's rowid, PostgreSQL's seq."""
+        return "seq" if self.postgres else "rowid"
+
     def checkpoints(self, dataflow: str) -> Checkpoints:
         if dataflow not in self._checkpoints:
-            self._checkpoints[dataflow] = Checkpoints(self._db, dataflow)
+            self._checkpoints[dataflow] = Checkpoints(
+                self._db, dataflow, guard=lambda: self._fenced(dataflow)
+            )
         return self._checkpoints[dataflow]
 
     @contextmanager
     def lock(self, dataflow: str) -> Iterator[bool]:
         """Yield True when this process holds the dataflow's lock, False if another does."""
+        if self.postgres:
+            with self._advisory_lock(dataflow) as held:
+                yield held
+            return
         locks = self.directory / "locks"
         try:
             locks.mkdir(exist_ok=True, mode=0o700)
@@ -212,22 +273,76 @@ class Ledger:
         finally:
             os.close(fd)  # releases the lock
 
-    def close(self) -> None:
+    @contextmanager
+    def _advisory_lock(self, dataflow: str) -> Iterator[bool]:
+        key = _lock_key(dataflow)
+        (held,) = self._db.execute("SELECT pg_try_advisory_lock(?)", (key,)).fetchone() or (0,)
+        if not held:
+            yield False
+            return
         try:
-            self._db.close()
-        except sqlite3.Error as exc:
-            raise state_error(self.directory, exc) from exc
+            yield True
+        finally:
+            with suppress(StateError):  # a lost connection has freed it already
+                self._db.execute("SELECT pg_advisory_unlock(?)", (key,))
+
+    def close(self) -> None:
+        self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _tx(self, dataflow: str | None = None) -> Iterator[Store]:
+        """A transaction (re-entrant); with `dataflow`, refused with LeaseLost when this
+        ledger holds a lease of that dataflow's file and another worker took it over."""
+        held = self._leases.get(dataflow) if dataflow is not None else None
+        if self._in_tx:
+            if held is not None:
+                leases.check(self._db, held)
+            yield self._db
+            return
+        self._db.begin()
+        self._in_tx = True
         try:
+            if held is not None:
+                leases.check(self._db, held)
             yield self._db
         except BaseException:
             with suppress(StateError):  # a failed statement may have rolled back already
                 self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._in_tx = False
+
+    @contextmanager
+    def _fenced(self, dataflow: str) -> Iterator[None]:
+        """Around a checkpoint write: a fenced transaction while a lease is held, else the
+        statement on its own, as on one machine."""
+        if dataflow not in self._leases:
+            yield
+            return
+        with self._tx(dataflow):
+            yield
+
+    # file leases (dataflow.lease): one worker at a time on a file, across machines
+    def claim_file(self, dataflow: str, name: str, owner: str, ttl: float) -> Lease | None:
+        """Claim the file `name` of `dataflow` for `ttl` seconds; None while another worker
+        holds it. While held, this ledger's writes of that dataflow's files carry its fence."""
+        with self._tx() as db:
+            lease = leases.claim(db, dataflow, name, owner, ttl)
+        if lease is not None:
+            self._leases[dataflow] = lease
+        return lease
+
+    def heartbeat(self, lease: Lease, ttl: float) -> None:
+        """Renew the lease for `ttl` seconds; LeaseLost if another worker took it over."""
+        leases.heartbeat(self._db, lease, ttl)
+
+    def release(self, lease: Lease) -> None:
+        """Give the file up; this ledger's writes are no longer fenced by it."""
+        if self._leases.get(lease.dataflow) == lease:
+            del self._leases[lease.dataflow]
+        leases.release(self._db, lease)
 
     def start_run(self, run: RunReport) -> None:
         with self._tx() as db:
@@ -253,11 +368,12 @@ class Ledger:
         """Record a finished file, its error summary ((stage, code, message, count) rows),
         the lines the API failed (line -> (code, message), for `dataflow retry`) and drop its
         checkpoint, in one transaction."""
-        with self._tx() as db:
+        with self._tx(run.dataflow) as db:
             self._insert_file(db, run, f)
             for stage, code, message, count in errors:
                 db.execute(
-                    "INSERT OR REPLACE INTO error_summary VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO error_summary VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, "
+                    "lineage_id, stage, code, message) DO UPDATE SET count = excluded.count",
                     (run.run_id, f.lineage_id, stage, code, message, count),
                 )
             self._insert_failures(db, run.dataflow, f.lineage_id, failed or {})
@@ -266,7 +382,7 @@ class Ledger:
 
     def _insert_failures(
         self,
-        db: sqlite3.Connection,
+        db: Store,
         dataflow: str,
         lineage_id: str,
         failed: Mapping[int, tuple[str, str]],
@@ -276,17 +392,24 @@ class Ledger:
             by_error.setdefault((str(code), message[:MESSAGE_CHARS]), []).append(line)
         for (code, message), lines in by_error.items():
             db.execute(
-                "INSERT OR REPLACE INTO line_failures VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO line_failures VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataflow, "
+                "lineage_id, code, message) DO UPDATE SET lines = excluded.lines",
                 (dataflow, lineage_id, code, message, np.array(sorted(lines), np.int64).tobytes()),
             )
 
     def record_file(self, run: RunReport, f: FileReport) -> None:
-        with self._tx() as db:
+        with self._tx(run.dataflow) as db:
             self._insert_file(db, run, f)
 
-    def _insert_file(self, db: sqlite3.Connection, run: RunReport, f: FileReport) -> None:
+    def _insert_file(self, db: Store, run: RunReport, f: FileReport) -> None:
+        verb = "INSERT OR REPLACE"
+        if self.postgres:  # as SQLite's REPLACE: the row goes last in insertion order
+            verb = "INSERT"
+            db.execute(
+                "DELETE FROM files WHERE run_id = ? AND lineage_id = ?", (run.run_id, f.lineage_id)
+            )
         db.execute(
-            f"INSERT OR REPLACE INTO files ({FILE_COLUMNS}) VALUES ({', '.join('?' * 18)})",
+            f"{verb} INTO files ({FILE_COLUMNS}) VALUES ({', '.join('?' * 18)})",
             (
                 run.run_id,
                 run.dataflow,
@@ -312,7 +435,7 @@ class Ledger:
     def claim_fire(self, dataflow: str, local_minute: str) -> bool:
         """True the first time a scheduled fire claims this local wall-clock minute."""
         cursor = self._db.execute(
-            "INSERT OR IGNORE INTO fires (dataflow, local_minute) VALUES (?, ?)",
+            "INSERT INTO fires (dataflow, local_minute) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (dataflow, local_minute),
         )
         return cursor.rowcount == 1
@@ -340,12 +463,12 @@ class Ledger:
         Raises RetryRefused saying why it cannot be retried."""
         rows = self.select(
             "SELECT files.*, runs.dry_run AS dry_run FROM files JOIN runs USING (run_id) "
-            "WHERE lineage_id = ? ORDER BY files.rowid DESC",
+            f"WHERE lineage_id = ? ORDER BY files.{self._order} DESC",
             (lineage_id,),
         )
         if not rows:
             raise RetryRefused(
-                f"no file with lineage {lineage_id} is recorded in {self.path}; `dataflow runs "
+                f"no file with lineage {lineage_id} is recorded in {self.where}; `dataflow runs "
                 f"{dataflow} --json` lists the lineage_id of every file"
             )
         if rows[0]["dataflow"] != dataflow:
@@ -371,6 +494,7 @@ class Ledger:
                 f"lineage {lineage_id} was already retried as lineage {again[0]['lineage_id']}; "
                 "retry that one to send again what still fails"
             )
+        source.pop("seq", None)
         source["failed_lines"] = self._failed_lines(source)
         return source
 
@@ -396,8 +520,8 @@ class Ledger:
         """(status, reason) of the last finished run before `run_id` (dry runs left out)."""
         row = self._db.execute(
             "SELECT status, reason FROM runs WHERE dataflow = ? AND run_id != ? AND dry_run = 0 "
-            "AND finished_at IS NOT NULL AND rowid < COALESCE((SELECT rowid FROM runs WHERE "
-            "run_id = ?), 1e18) ORDER BY rowid DESC LIMIT 1",
+            f"AND finished_at IS NOT NULL AND {self._order} < COALESCE((SELECT {self._order} "
+            f"FROM runs WHERE run_id = ?), 1e18) ORDER BY {self._order} DESC LIMIT 1",
             (dataflow, run_id, run_id),
         ).fetchone()
         return (str(row[0]), row[1]) if row is not None else None
@@ -434,22 +558,17 @@ class Ledger:
         if where:
             query += " WHERE " + " AND ".join(clause for clause, _ in where)
         args: tuple[Any, ...] = tuple(value for _, value in where)
-        query += " ORDER BY started_at DESC, rowid DESC LIMIT ?"
-        self._db.row_factory = sqlite3.Row
-        try:
-            runs = [dict(r) for r in self._db.execute(query, (*args, limit))]
-            for run in runs:
-                run["files"] = [
-                    dict(r)
-                    for r in self._db.execute(
-                        "SELECT * FROM files WHERE run_id = ? ORDER BY rowid", (run["run_id"],)
-                    )
-                ]
-                for f in run["files"]:
-                    f.pop("run_id", None)
-                    f.pop("dataflow", None)
-        finally:
-            self._db.row_factory = None
+        query += f" ORDER BY started_at DESC, {self._order} DESC LIMIT ?"
+        runs = self.select(query, (*args, limit))
+        for run in runs:
+            run.pop("seq", None)
+            run["files"] = self.select(
+                f"SELECT * FROM files WHERE run_id = ? ORDER BY {self._order}", (run["run_id"],)
+            )
+            for f in run["files"]:
+                f.pop("run_id", None)
+                f.pop("dataflow", None)
+                f.pop("seq", None)
         return runs
 
     # read side of dataflow.web and dataflow.metrics; counters of dataflow.metrics
@@ -465,6 +584,6 @@ class Ledger:
             for (name, dataflow, label), value in counts.items():
                 db.execute(
                     "INSERT INTO counters VALUES (?, ?, ?, ?) ON CONFLICT (name, dataflow, label) "
-                    "DO UPDATE SET value = value + excluded.value",
+                    "DO UPDATE SET value = counters.value + excluded.value",
                     (name, dataflow, label, value),
                 )

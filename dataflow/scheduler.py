@@ -9,6 +9,13 @@ a second scheduler on the same state directory refuses to start (two would run j
 A cron that names a wall-clock time repeated on a DST fall-back day runs once: each fire
 claims its local minute in the ledger.
 
+With ``--executor celery`` the scheduler runs nothing itself: each due dataflow is put on the
+Celery queue (`dataflow.celery_app`) for the workers, after its fire is claimed in the ledger.
+With the state in PostgreSQL (``DATAFLOW_STATE_URL``) the job store is there too and the
+single-scheduler lock is an advisory lock: a second ``dataflow schedule`` waits as a standby
+and takes over, with the same jobs and their missed runs, when the active one stops or its
+host vanishes (keepalives: seconds); the claimed fires keep a handover from firing twice.
+
 SIGHUP reloads the files: new and changed dataflows are (re)scheduled, removed ones
 unscheduled; an invalid file is reported and its previous schedule, if any, is kept.
 SIGTERM/SIGINT stop cleanly: a running dataflow finishes its requests in flight and
@@ -43,6 +50,11 @@ log = logging.getLogger(__name__)
 
 MISFIRE_GRACE_SECONDS = 6 * 3600
 JOB_FUNC = "dataflow.scheduler:run_job"
+ENQUEUE_FUNC = "dataflow.scheduler:enqueue_job"  # --executor celery
+EXECUTORS = ("local", "celery")
+STANDBY_POLL_SECONDS = 1.0
+_job_func = JOB_FUNC  # the function of the dataflow jobs, set by `serve` for its executor
+_celery: Any = None  # the Celery app of an `--executor celery` scheduler
 NO_FILE_FUNC = "dataflow.scheduler:no_file_job"
 NO_FILE_SUFFIX = ":no_file"  # job id of a dataflow's expect_file deadline (':' is not in names)
 
@@ -160,6 +172,39 @@ def run_job(path: str) -> None:
     )
 
 
+def enqueue_job(path: str) -> None:
+    """One scheduled fire of ``--executor celery``: claimed in the ledger, then queued."""
+    from dataflow import celery_app
+
+    try:
+        dataflow = load_dataflow(path)
+    except ConfigError as exc:
+        log.error("%s: not queued, the file is invalid:\n%s", path, exc)
+        return
+    trigger = dataflow.trigger
+    try:
+        ledger = Ledger()
+        try:
+            key = trigger.fire_key(datetime.now(UTC)) if trigger is not None else None
+            if key is not None and not ledger.claim_fire(dataflow.name, key):
+                log.warning("%s: already fired at %s local time; skipping", dataflow.name, key)
+                return
+        finally:
+            ledger.close()
+    except StateError as exc:
+        log.error("%s: not queued: %s", dataflow.name, exc)
+        return
+    global _celery
+    if _celery is None:
+        _celery = celery_app.make_app()
+    try:
+        celery_app.enqueue(_celery, path)
+    except Exception as exc:  # the broker's client raises its own errors (kombu, redis)
+        log.error("%s: not queued, the broker cannot be reached: %s", dataflow.name, exc)
+        return
+    log.info("%s: enqueued for a worker", dataflow.name)
+
+
 def sync_jobs(scheduler: BackgroundScheduler, paths: list[Path]) -> None:
     """Make the job store match the files: add, replace, keep or remove jobs."""
     dataflows, invalid = load_all(paths)
@@ -172,7 +217,7 @@ def sync_jobs(scheduler: BackgroundScheduler, paths: list[Path]) -> None:
         if dataflow.trigger is None:
             log.info("%s: not scheduled (no trigger)", dataflow.name)
         else:
-            wanted[dataflow.name] = (JOB_FUNC, BlockTrigger.of(dataflow.trigger), args)
+            wanted[dataflow.name] = (_job_func, BlockTrigger.of(dataflow.trigger), args)
         deadline = _expect_file(dataflow)
         if deadline is not None:
             wanted[dataflow.name + NO_FILE_SUFFIX] = (NO_FILE_FUNC, WhenTrigger(deadline), args)
@@ -183,7 +228,8 @@ def sync_jobs(scheduler: BackgroundScheduler, paths: list[Path]) -> None:
             scheduler.remove_job(job.id)
     for job_id, (func, trigger, args) in wanted.items():
         job = scheduler.get_job(job_id)
-        if job is not None and job.trigger == trigger and list(job.args) == args:
+        same = job is not None and job.func_ref == func and job.trigger == trigger
+        if job is not None and same and list(job.args) == args:
             continue  # unchanged: keep its next run time (and any missed run)
         scheduler.add_job(func, trigger, args=args, id=job_id, name=job_id, replace_existing=True)
         log.info("%s: scheduled (%s)", job_id, trigger)
@@ -242,20 +288,70 @@ def no_file_job(path: str) -> None:
         ledger.close()
 
 
-def serve(paths: list[Path], http: tuple[str, int] | None = None) -> int:
+def serve(paths: list[Path], http: tuple[str, int] | None = None, executor: str = "local") -> int:
+    global _job_func
+    if executor == "celery":
+        from dataflow import celery_app
+
+        celery_app.broker_url()  # ConfigError now, not at the first fire
+    _job_func = ENQUEUE_FUNC if executor == "celery" else JOB_FUNC
     directory = state_dir()
     ledger = Ledger(directory)
-    with ledger.lock(".scheduler") as held:  # not a valid dataflow name: no clash
-        if not held:
-            log.error(
-                "another dataflow scheduler is running on %s; two would run jobs twice", directory
-            )
+    waiting = False
+    while True:
+        with ledger.lock(".scheduler") as held:  # not a valid dataflow name: no clash
+            if held:
+                if waiting:
+                    log.info("the active scheduler is gone: this one takes over")
+                return _serve(paths, directory, http, _job_store(ledger, directory))
+            if not ledger.postgres:
+                log.error(
+                    "another dataflow scheduler is running on %s; two would run jobs twice",
+                    directory,
+                )
+                ledger.close()
+                return 1
+            if not waiting:
+                log.info(
+                    "standby: another dataflow scheduler is active on %s; this one takes over "
+                    "when it stops",
+                    ledger.where,
+                )
+                waiting = True
+        if _standby_wait():
             ledger.close()
-            return 1
-        return _serve(paths, directory, http)
+            log.info("standby scheduler stopped")
+            return 0
 
 
-def _serve(paths: list[Path], directory: Path, http: tuple[str, int] | None = None) -> int:
+def _standby_wait() -> bool:
+    """Wait a moment as a standby; True when SIGTERM/SIGINT asked to stop."""
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    return stop.wait(STANDBY_POLL_SECONDS)
+
+
+def _job_store(ledger: Ledger, directory: Path) -> SQLAlchemyJobStore:
+    """The jobs in PostgreSQL with the rest of the state (a standby takes them over), else in
+    ``schedule.db`` in the state directory."""
+    if ledger.postgres and ledger.url:
+        from dataflow.db import postgres_engine
+
+        return SQLAlchemyJobStore(engine=postgres_engine(ledger.url))
+    return SQLAlchemyJobStore(url=f"sqlite:///{directory / 'schedule.db'}")
+
+
+def _serve(
+    paths: list[Path],
+    directory: Path,
+    http: tuple[str, int] | None,
+    store: SQLAlchemyJobStore,
+) -> int:
     stop = threading.Event()
     reload = threading.Event()
 
@@ -272,7 +368,7 @@ def _serve(paths: list[Path], directory: Path, http: tuple[str, int] | None = No
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     scheduler = BackgroundScheduler(
-        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{directory / 'schedule.db'}")},
+        jobstores={"default": store},
         job_defaults={
             "coalesce": True,
             "max_instances": 1,

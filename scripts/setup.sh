@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what dataflow needs on a fresh Debian machine: OpenSSH server and client and GnuPG
-# (for the real-part tests and the sandbox), then a virtualenv in .venv with the package.
+# (for the real-part tests and the sandbox), PostgreSQL and Redis (the scale-out tests), then
+# a virtualenv in .venv with the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ command -v gpg >/dev/null || need+=(gnupg)
 command -v gpgconf >/dev/null || need+=(gnupg)
 # the run-history page is tested in a real headless browser (tests/test_web.py)
 command -v chromium >/dev/null || need+=(chromium)
+# several machines (docs/scale-out.md): the tests start their own PostgreSQL 15 and Redis
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root, or apt-get install them)" >&2

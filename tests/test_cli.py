@@ -14,7 +14,9 @@ from dataflow.cli import cli, main
 
 from .test_config import GOOD
 
-COMMANDS = ["validate", "run", "retry", "schedule", "runs", "ui", "check", "schema"]
+COMMANDS = [
+    "validate", "run", "retry", "schedule", "worker", "runs", "ui", "check", "schema", "db"
+]  # fmt: skip
 
 
 @pytest.fixture

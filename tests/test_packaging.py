@@ -22,8 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_docker_compose_parses_and_references_what_exists() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"sftp", "emulator", "scheduler"}
-    for name in ("emulator", "scheduler"):
+    assert set(services) == {
+        "sftp", "emulator", "scheduler", "postgres", "redis", "db-upgrade", "worker"
+    }  # fmt: skip
+    assert services["worker"]["command"][0] == "worker" and "healthcheck" in services["worker"]
+    assert services["scheduler"]["command"][-2:] == ["--executor", "celery"]
+    for name in ("emulator", "scheduler", "worker", "db-upgrade"):
         assert services[name]["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -43,7 +47,7 @@ def test_docker_compose_parses_and_references_what_exists() -> None:
     assert "./configs:/configs:ro" in services["scheduler"]["volumes"]
     env = services["scheduler"]["environment"]
     assert env["ACME_API_URL"] == "http://emulator:8080"
-    assert set(services["scheduler"]["depends_on"]) == {"sftp", "emulator"}
+    assert set(services["scheduler"]["depends_on"]) == {"sftp", "emulator", "redis", "db-upgrade"}
 
 
 def test_builtin_blocks_are_registered_explicitly() -> None:

@@ -1,0 +1,327 @@
+"""Where the state lives: SQLite in the state directory (the default) or PostgreSQL.
+
+``DATAFLOW_STATE_URL`` (``postgresql+psycopg://user:password@host:5432/db``) puts the ledger,
+the checkpoints, the locks and the file leases in PostgreSQL, for several machines; unset, they
+stay in ``$DATAFLOW_STATE_DIR/ledger.db`` as on one machine. Both go through one SQLAlchemy
+engine and one connection per `Ledger`, on which the ledger sends its statements as written
+for SQLite (``?`` parameters); `Store` renders them for psycopg.
+
+On PostgreSQL the schema is `METADATA` (SQLAlchemy Core), created or migrated by ``dataflow
+db upgrade`` (`upgrade`) and recorded in ``schema_version``; a ledger refuses a database whose
+schema is missing or older. Every connection sets TCP keepalives on both sides (2 s idle, 1 s
+between 2 probes) and ``client_connection_check_interval`` so that the locks of a host that
+vanished are freed in seconds, not after the kernel's two hours.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from dataflow.errors import StateError
+
+SCHEMA_VERSION = 1  # the PostgreSQL schema `upgrade` creates; bump with each migration
+# keepalives on the client (libpq) and on the server (its side of the same connection)
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 2,
+    "keepalives_interval": 1,
+    "keepalives_count": 2,
+}
+SERVER_SETTINGS = (
+    "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=2 "
+    "-c client_connection_check_interval=1000"
+)
+CONNECT_TIMEOUT = 10  # seconds to reach PostgreSQL before the ledger gives up
+
+METADATA = sa.MetaData()
+
+
+def _text(name: str, *, nullable: bool = True, primary: bool = False) -> sa.Column[Any]:
+    return sa.Column(name, sa.Text, nullable=nullable and not primary, primary_key=primary)
+
+
+def _int(name: str, *, default: int | None = None) -> sa.Column[Any]:
+    if default is None:
+        return sa.Column(name, sa.BigInteger)
+    return sa.Column(name, sa.BigInteger, nullable=False, server_default=sa.text(str(default)))
+
+
+def _seq() -> sa.Column[Any]:
+    """The insertion order (SQLite's rowid): the ledger orders runs and files by it."""
+    return sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, unique=True)
+
+
+sa.Table(
+    "runs",
+    METADATA,
+    _text("run_id", primary=True),
+    _text("dataflow", nullable=False),
+    _text("started_at", nullable=False),
+    _text("finished_at"),
+    _text("status"),
+    _int("dry_run", default=0),
+    _text("reason"),
+    _seq(),
+)
+sa.Table(
+    "files",
+    METADATA,
+    sa.Column("run_id", sa.Text, sa.ForeignKey("runs.run_id"), primary_key=True),
+    _text("dataflow", nullable=False),
+    _text("name", nullable=False),
+    _int("size"),
+    _text("sha256"),
+    _text("lineage_id", primary=True),
+    _text("status", nullable=False),
+    *(_int(f"rows_{n}") for n in ("total", "filtered", "rejected", "sent", "succeeded", "failed")),
+    _text("processed_path"),
+    _text("error_file"),
+    _text("reason"),
+    _int("send_no", default=0),
+    _text("retry_of"),
+    _seq(),
+    sa.Index("files_by_content", "dataflow", "sha256", "status"),
+)
+sa.Table("fires", METADATA, _text("dataflow", primary=True), _text("local_minute", primary=True))
+sa.Table(
+    "error_summary",
+    METADATA,
+    *(_text(n, primary=True) for n in ("run_id", "lineage_id", "stage", "code", "message")),
+    sa.Column("count", sa.BigInteger, nullable=False),
+)
+sa.Table(
+    "line_failures",
+    METADATA,
+    *(_text(n, primary=True) for n in ("dataflow", "lineage_id", "code", "message")),
+    sa.Column("lines", sa.LargeBinary, nullable=False),
+)
+sa.Table(
+    "counters",
+    METADATA,
+    *(_text(n, primary=True) for n in ("name", "dataflow", "label")),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+sa.Table(
+    "progress",
+    METADATA,
+    _text("dataflow", primary=True),
+    _text("sha256", primary=True),
+    _text("name", nullable=False),
+    _text("lineage_id", nullable=False),
+    _text("error_name"),
+    _text("error_path"),
+    _text("content"),
+    _int("send_no", default=0),
+    _text("retry_of"),
+)
+sa.Table(
+    "acks",
+    METADATA,
+    _text("dataflow", nullable=False),
+    _text("sha256", nullable=False),
+    sa.Column("lines", sa.LargeBinary, nullable=False),
+    _text("failures"),
+    sa.Index("acks_by_file", "dataflow", "sha256"),
+)
+sa.Table(
+    "schema_version",
+    METADATA,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+# the leases of files being worked on (dataflow.lease); in both backends
+LEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    dataflow TEXT NOT NULL,
+    name TEXT NOT NULL,  -- the file's name in the source directory
+    owner TEXT NOT NULL,
+    fence BIGINT NOT NULL,  -- +1 at each claim; a write carrying an older one changes nothing
+    lease_until DOUBLE PRECISION NOT NULL,  -- epoch seconds, the database's clock
+    PRIMARY KEY (dataflow, name)
+);
+"""
+sa.Table(
+    "leases",
+    METADATA,
+    _text("dataflow", primary=True),
+    _text("name", primary=True),
+    _text("owner", nullable=False),
+    sa.Column("fence", sa.BigInteger, nullable=False),
+    sa.Column("lease_until", sa.Float, nullable=False),
+)
+
+
+def state_url() -> str | None:
+    """The PostgreSQL URL of the state (`DATAFLOW_STATE_URL`), None for SQLite."""
+    return os.environ.get("DATAFLOW_STATE_URL") or None
+
+
+def shown(url: str) -> str:
+    """The URL as it may be printed: without its password."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "DATAFLOW_STATE_URL (not a valid URL)"
+
+
+def database_error(url: str, exc: BaseException) -> StateError:
+    """Say that the PostgreSQL state cannot be used, where, why and what to do."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    text = reason[0] if reason else type(exc).__name__
+    password = sa.make_url(url).password if "://" in url else None
+    if password:
+        text = text.replace(str(password), "***")
+    return StateError(
+        f"the state database {shown(url)} (DATAFLOW_STATE_URL) cannot be used: {text}. Check "
+        "that PostgreSQL is running and reachable and that `dataflow db upgrade` was run on it"
+    )
+
+
+def sqlite_engine(connect: Callable[[], sqlite3.Connection]) -> Engine:
+    """An engine on the ledger file: one connection per ledger, transactions explicit."""
+    return sa.create_engine(
+        "sqlite://", creator=connect, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+
+
+def postgres_engine(url: str) -> Engine:
+    """An engine on PostgreSQL with keepalives set, so a lost holder's locks go in seconds."""
+    try:
+        parsed = sa.make_url(url)
+    except sa_exc.ArgumentError as exc:
+        raise StateError(
+            "DATAFLOW_STATE_URL is not a valid URL: give postgresql+psycopg://user:password@"
+            "host:5432/database"
+        ) from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise StateError(
+            f"DATAFLOW_STATE_URL {shown(url)} is not a PostgreSQL URL: give "
+            "postgresql+psycopg://user:password@host:5432/database (unset it for SQLite)"
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    args: dict[str, Any] = {**KEEPALIVES, "connect_timeout": CONNECT_TIMEOUT}
+    if "options" not in parsed.query:
+        args["options"] = SERVER_SETTINGS
+    try:
+        return sa.create_engine(
+            parsed, poolclass=NullPool, connect_args=args, isolation_level="AUTOCOMMIT"
+        )
+    except (sa_exc.SQLAlchemyError, ImportError) as exc:
+        raise database_error(url, exc) from exc
+
+
+@dataclass
+class Cursor:
+    """What a statement returned: rows, their column names and how many rows it changed."""
+
+    rows: list[tuple[Any, ...]]
+    description: list[tuple[str]]
+    rowcount: int
+
+    def fetchone(self) -> Any:  # a row, or None (as sqlite3 types it)
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return iter(self.rows)
+
+
+class Store:
+    """One connection to the state, in autocommit; `execute` takes SQLite's ``?`` statements
+    and turns every database failure into the StateError that `on_error` makes."""
+
+    def __init__(self, engine: Engine, on_error: Callable[[BaseException], StateError]) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.postgres = self.dialect == "postgresql"
+        self.on_error = on_error
+        try:
+            self.connection: Connection = engine.connect()
+        except sa_exc.SQLAlchemyError as exc:
+            raise on_error(exc) from exc
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        if self.postgres:
+            sql = sql.replace("%", "%%").replace("?", "%s")
+        try:
+            result = self.connection.exec_driver_sql(sql, tuple(parameters))
+            if result.returns_rows:
+                keys = result.keys()
+                names = [(str(name),) for name in keys]
+                return Cursor([tuple(row) for row in result.fetchall()], names, result.rowcount)
+            return Cursor([], [], result.rowcount)
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.on_error(exc) from exc
+
+    def script(self, sql: str) -> None:
+        """A SQLite script (the schema of ``ledger.db``)."""
+        try:
+            raw = self.connection.connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            raw.executescript(sql)
+        except (sa_exc.SQLAlchemyError, sqlite3.Error) as exc:
+            raise self.on_error(exc) from exc
+
+    def begin(self) -> None:
+        self.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except sa_exc.SQLAlchemyError as exc:
+            raise self.on_error(exc) from exc
+        finally:
+            self.engine.dispose()
+
+
+def schema_version(store: Store) -> int:
+    """The schema version of a PostgreSQL state (0: none yet)."""
+    row = store.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version' "
+        "AND table_schema = current_schema()"
+    ).fetchone()
+    if row is None:
+        return 0
+    version = store.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(version[0] or 0) if version else 0
+
+
+UPGRADE_LOCK = 0x64617461666C6F77  # 'dataflow': one `db upgrade` at a time
+
+
+def upgrade(url: str) -> tuple[int, int]:
+    """Create or migrate the PostgreSQL schema; (version before, version now). Idempotent,
+    and safe to run from several hosts at once (an advisory transaction lock)."""
+    store = Store(postgres_engine(url), lambda exc: database_error(url, exc))
+    try:
+        store.begin()
+        try:
+            store.execute("SELECT pg_advisory_xact_lock(?)", (UPGRADE_LOCK,))
+            before = schema_version(store)
+            if before < SCHEMA_VERSION:
+                METADATA.create_all(store.connection)
+                store.execute("DELETE FROM schema_version")
+                store.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        except BaseException:
+            with suppress(StateError):
+                store.execute("ROLLBACK")
+            raise
+        store.execute("COMMIT")
+        return before, max(before, SCHEMA_VERSION)
+    except sa_exc.SQLAlchemyError as exc:
+        raise database_error(url, exc) from exc
+    finally:
+        store.close()
