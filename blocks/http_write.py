@@ -230,31 +230,47 @@ class HttpWrite(Sink):
         return f"accepted by {target} (an empty request: no record sent)"
 
     async def send(self, requests: AsyncIterator[Request], on_result: OnResult) -> None:
-        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
+        """Send with `concurrency` workers. When one meets a fatal error (credentials refused,
+        the API down) or the requests cannot be made (the producer fails), nothing new
+        leaves, the requests already in flight finish and are reported (their rows may have
+        been applied), and then the first error is raised, as itself."""
+        concurrency = self.config.concurrency
+        queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=concurrency * 2)
+        halt = asyncio.Event()
+        failures: list[Exception] = []
+
+        def fail(exc: Exception) -> None:
+            failures.append(exc)
+            halt.set()
 
         async with self._client() as client:
 
             async def produce() -> None:
-                async for request in requests:
-                    if STOP.is_set():
-                        break
-                    await queue.put(request)
-                for _ in range(self.config.concurrency):
-                    await queue.put(None)
+                try:
+                    async for request in requests:
+                        if STOP.is_set() or halt.is_set():
+                            break
+                        await queue.put(request)
+                except Exception as exc:  # building the requests failed: the file's problem
+                    fail(exc)
+                finally:
+                    for _ in range(concurrency):
+                        await queue.put(None)
 
             async def work() -> None:
                 while (request := await queue.get()) is not None:
-                    results = await self._send_one(client, request)
-                    if results is not None:  # None: stopped before it was sent, not acked
-                        on_result(request, results)
+                    if halt.is_set():
+                        continue  # not sent, not acknowledged: the kept file sends it again
+                    try:
+                        results = await self._send_one(client, request)
+                        if results is not None:  # None: stopped before it was sent, not acked
+                            on_result(request, results)
+                    except Exception as exc:
+                        fail(exc)
 
-            try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(produce())
-                    for _ in range(self.config.concurrency):
-                        group.create_task(work())
-            except* FatalError as eg:
-                raise eg.exceptions[0] from None
+            await asyncio.gather(produce(), *(work() for _ in range(concurrency)))
+        if failures:
+            raise failures[0]
 
     async def _send_one(
         self, client: httpx.AsyncClient, request: Request

@@ -98,7 +98,15 @@ class Accounts:
         )
 
     def settle(self) -> None:
-        """The file finishes: rows that never got a verdict are reported as failed."""
+        """The file finishes: rows that never got a verdict are reported as failed, and that
+        is checkpointed before the error file goes out, so a run resumed after the upload
+        finds them settled instead of sending them again."""
+        settled = [
+            RecordResult(error.line_no, False, error.status_code, error.message)
+            for error, _ in self.unconfirmed
+        ]
+        if settled:
+            self._checkpoint(settled)
         for error, row in self.unconfirmed:
             self.report.rows_failed += 1
             self.progress.failed[error.line_no] = (error.status_code, error.message)

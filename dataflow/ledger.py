@@ -310,7 +310,12 @@ class Ledger:
                 self._db.execute("ROLLBACK")
             raise
         else:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except StateError:  # e.g. the disk filled at commit: leave no transaction open
+                with suppress(StateError):
+                    self._db.execute("ROLLBACK")
+                raise
         finally:
             self._in_tx = False
 

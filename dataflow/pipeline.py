@@ -18,7 +18,6 @@ failed in the lineage it retries; its original stays where it is (in processed).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import tempfile
@@ -212,7 +211,9 @@ async def _send_rows(
 
     async def requests() -> AsyncIterator[Request]:
         pending = map_next()
-        while not STOP.is_set() and (item := await pending):
+        # shielded: when the sink stops (a fatal error cancels its producer) the mapping
+        # thread cannot be cancelled anyway; the finally below waits for it
+        while not STOP.is_set() and (item := await asyncio.shield(pending)):
             pending = map_next()  # the next chunk is mapped while this one's requests are sent
             chunk, done, built = item
             accounts.take_chunk(chunk, done)
@@ -229,9 +230,11 @@ async def _send_rows(
         else:
             await chain.sink.send(requests(), console.counting(accounts.on_result))
     finally:  # a chunk mapped ahead and never reached: let its thread end, then drop it
-        for future in ahead:
-            with contextlib.suppress(Exception):
-                await future
+        if ahead:
+            await asyncio.wait(ahead)
+            for future in ahead:
+                if not future.cancelled():
+                    future.exception()  # retrieved: its error (if any) is the file's, dropped
     if STOP.is_set():
         raise Stopped(
             f"stopped before the file was finished; {accounts.acknowledged} acknowledged row(s)"

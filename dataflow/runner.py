@@ -279,6 +279,14 @@ async def _run(
         report.reason = redact(str(exc))
         report.stop_cause = exc.cause
         log.error("run stopped: %s", report.reason)
+    except Exception as exc:  # a block's open/list failed in a way it did not foresee
+        log.debug("unexpected error in %s", dataflow.name, exc_info=True)
+        report.reason = redact(
+            f"unexpected error: {type(exc).__name__}: {exc}; every file stays where it is "
+            "(run with -v for details)"
+        )
+        report.stop_cause = "fatal"
+        log.error("run stopped: %s", report.reason)
     finally:
         for block in reversed(opened):
             with contextlib.suppress(Exception):

@@ -237,3 +237,28 @@ def test_sigterm_while_requests_time_out_keeps_their_rows_for_the_resumed_run(be
     (name,) = error_files(bed)
     rows = list(csv.reader(io.StringIO((bed.sftp.root / "errors" / name).read_text())))
     assert sorted(int(r[4]) for r in rows[1:]) == [12, 28, 44]
+
+
+def test_rows_settled_without_a_verdict_are_not_sent_again_after_the_error_file_went_out(
+    bed: Bed,
+) -> None:
+    """A request that used up its retries (no verdict) in a file that then finished: its rows
+    are reported as failed in the error file; a crash after that upload must not send them
+    again when the file is resumed (the error file already told the vendor)."""
+    put(bed)
+    bed.api.configure(fail_next=[503, 503])  # the first request: 503 twice, never applied
+    flow = bed.config(sink={"batch_size": BATCH, "concurrency": 1, "max_retries": 1})
+    killed = bed.run("run", str(flow), "--json", env={"DATAFLOW_CRASH_AT": "error_uploaded"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (name,) = error_files(bed)
+    code, report, stderr = bed.run_json(flow)
+    assert code == 3, stderr
+    (f,) = report["files"]
+    assert f["error_file"] == f"/errors/{name}"  # the upload before the crash, not a second
+    assert error_files(bed) == [name]
+    seen = Counter(r["customerId"] for r in bed.api.received())
+    assert set(seen) == set(GOOD_IDS) - {5001, 5002, 5003}  # the 503'd rows were not resent
+    assert max(seen.values()) == 1
+    rows = list(csv.reader(io.StringIO((bed.sftp.root / "errors" / name).read_text())))
+    assert sorted(int(r[4]) for r in rows[1:]) == [2, 3, 4, 12, 28, 44]
+    assert (f["rows_succeeded"], f["rows_failed"], f["rows_rejected"]) == (37, 4, 2)
