@@ -49,19 +49,8 @@ _ENGINE_CONFIG: dict[str, Any] = {
     "max_expression_depth": 200,
 }
 
-# node types an expression may contain (sqlglot class names)
-_STRUCTURE = (
-    "Column",
-    "Identifier",
-    "Literal",
-    "Boolean",
-    "Null",
-    "Paren",
-    "Neg",
-    "Not",
-    "And",
-    "Or",
-    "Xor",
+# node types whose value is a boolean (a filter must be one); allowed in any expression
+_PREDICATES = (
     "EQ",
     "NEQ",
     "NullSafeEQ",
@@ -77,6 +66,24 @@ _STRUCTURE = (
     "ILike",
     "Glob",
     "SimilarTo",
+    "And",
+    "Or",
+    "Xor",
+    "Not",
+    "Boolean",
+    "RegexpLike",
+    "Contains",
+    "StartsWith",
+    "EndsWith",
+)
+# other node types an expression may contain (sqlglot class names)
+_STRUCTURE = (
+    "Column",
+    "Identifier",
+    "Literal",
+    "Null",
+    "Paren",
+    "Neg",
     "Add",
     "Sub",
     "Mul",
@@ -133,32 +140,6 @@ _FUNCTIONS = (
 )
 # DuckDB functions sqlglot does not model (parsed as Anonymous): by lower-case name
 _ANONYMOUS = frozenset(("strip_accents", "try_strptime", "printf", "lpad", "rpad", "ltrim"))
-_PREDICATES = (
-    "EQ",
-    "NEQ",
-    "NullSafeEQ",
-    "NullSafeNEQ",
-    "GT",
-    "GTE",
-    "LT",
-    "LTE",
-    "Is",
-    "In",
-    "Between",
-    "Like",
-    "ILike",
-    "Glob",
-    "SimilarTo",
-    "And",
-    "Or",
-    "Xor",
-    "Not",
-    "Boolean",
-    "RegexpLike",
-    "Contains",
-    "StartsWith",
-    "EndsWith",
-)
 
 
 class ExpressionError(ValueError):
@@ -194,7 +175,11 @@ def parse(text: str, *, predicate: bool = False) -> Parsed:
     if len(trees) != 1:
         raise ExpressionError("write one expression, not several statements (no ';')")
     tree: Any = trees[0]
-    allowed = {getattr(exp, name) for name in (*_STRUCTURE, *_FUNCTIONS) if hasattr(exp, name)}
+    allowed = {
+        getattr(exp, name)
+        for name in (*_PREDICATES, *_STRUCTURE, *_FUNCTIONS)
+        if hasattr(exp, name)
+    }
     columns: list[str] = []
     for node in tree.walk():
         if isinstance(node, exp.Anonymous) and node.name.lower() in _ANONYMOUS:
