@@ -70,7 +70,7 @@ def test_bulk_response_parsing() -> None:
     }
     assert EARN_BADGES_BULK.parse_response(request, 200, ok) == [
         RecordResult(2, False, "810", "claim"),
-        RecordResult(3, True),
+        RecordResult(3, True, api_id="5"),  # the issuedId, for result_file: all
     ]
     top = {"data": None, "errors": [{"code": 1054, "message": "no meta"}]}
     assert EARN_BADGES_BULK.parse_response(request, 200, top) == [
