@@ -16,12 +16,16 @@ The lines the API failed are kept in `Progress.failed` for the ledger (`dataflow
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
+import orjson
 import pandas as pd
 
 from dataflow.checkpoint import Checkpoints, Progress
-from dataflow.errorfile import ErrorFile
+from dataflow.errorfile import ErrorFile, local_write_error
 from dataflow.errors import ApiDown
 from dataflow.faults import crash_point
 from dataflow.report import FileReport
@@ -35,11 +39,12 @@ class Accounts:
     progress: Progress
     checkpoints: Checkpoints | None  # None in a dry run
     answered: int = 0  # requests that came back (with or without a verdict) in this run
-    unconfirmed: list[tuple[RowError, list[object] | None]] = field(default_factory=list)
+    unconfirmed: Spool = field(init=False)  # rows without a verdict, on disk (bounded memory)
     last_unconfirmed: str = ""
     confirmed: bool = False  # the API gave a verdict on at least one row of this file
 
     def __post_init__(self) -> None:
+        self.unconfirmed = Spool(self.errors.path.with_name("unconfirmed.jsonl"))
         # rows acknowledged before an interruption were verdicts of the API
         self.confirmed = bool(self.progress.acked.any())
 
@@ -101,12 +106,14 @@ class Accounts:
         """The file finishes: rows that never got a verdict are reported as failed, and that
         is checkpointed before the error file goes out, so a run resumed after the upload
         finds them settled instead of sending them again."""
-        settled = [
-            RecordResult(error.line_no, False, error.status_code, error.message)
-            for error, _ in self.unconfirmed
-        ]
-        if settled:
-            self._checkpoint(settled)
+        batch: list[RecordResult] = []
+        for error, _ in self.unconfirmed:
+            batch.append(RecordResult(error.line_no, False, error.status_code, error.message))
+            if len(batch) >= SETTLE_BATCH:
+                self._checkpoint(batch)
+                batch = []
+        if batch:
+            self._checkpoint(batch)
         for error, row in self.unconfirmed:
             self.report.rows_failed += 1
             self.progress.failed[error.line_no] = (error.status_code, error.message)
@@ -126,6 +133,50 @@ class Accounts:
         self.report.rows_failed += 1
         self.progress.failed[error.line_no] = (error.status_code, error.message)
         self.errors.add(error, values(source, error.line_no, error.raw))
+
+
+SETTLE_BATCH = 1000  # rows per checkpoint transaction when unconfirmed rows are settled
+
+
+class Spool:
+    """Rows without a verdict, appended to a file in the file's private directory (an outage
+    over a big file must not hold them all in memory), read back when the file finishes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.count = 0
+        self._fh: IO[bytes] | None = None
+
+    def append(self, item: tuple[RowError, list[object] | None]) -> None:
+        error, row = item
+        record = [error.line_no, error.stage, error.status_code, error.message, row]
+        try:
+            if self._fh is None:
+                self._fh = self.path.open("ab")
+            self._fh.write(orjson.dumps(record, default=str) + b"\n")
+        except OSError as exc:
+            raise local_write_error(self.path, exc, "the rows awaiting a verdict") from exc
+        self.count += 1
+
+    def __iter__(self) -> Iterator[tuple[RowError, list[object] | None]]:
+        if not self.count:
+            return
+        if self._fh is not None:
+            self._fh.flush()
+        with self.path.open("rb") as fh:
+            for line in fh:
+                line_no, stage, code, message, row = orjson.loads(line)
+                yield RowError(line_no, stage, message, code), row
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def clear(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
+        self.count = 0
 
 
 def values(source: pd.DataFrame, line_no: int, raw: str | None) -> list[object] | None:

@@ -96,3 +96,23 @@ def test_one_verdict_is_enough_to_finish_the_file(tmp_path: Path) -> None:
     accounts.on_result(sent, sent.fail("503", "HTTP 503 after 4 attempts", final=False))
     accounts.on_result(request(chunk, (5,)), [RecordResult(5, False, "1054", "unknown badge")])
     accounts.require_a_verdict("block 'connect_to_destination'")  # does not raise
+
+
+def test_rows_awaiting_a_verdict_are_spooled_to_disk_and_read_back(tmp_path: Path) -> None:
+    from dataflow.accounts import Spool
+    from dataflow.rows import RowError
+
+    spool = Spool(tmp_path / "unconfirmed.jsonl")
+    assert not spool and list(spool) == []
+    rows = [
+        (RowError(2, "destination", "ReadTimeout after 4 attempt(s)", ""), ["B", "1", None]),
+        (RowError(9, "destination", 'HTTP 503: "down", é', "503"), ["=X", "a,b\nc", "ü"]),
+        (RowError(12, "destination", "no answer", "502"), None),
+    ]
+    for item in rows:
+        spool.append(item)
+    assert spool.count == 3 and (tmp_path / "unconfirmed.jsonl").is_file()
+    assert list(spool) == rows  # flushed and read back, in order, unchanged
+    assert list(spool) == rows  # readable again (settle reads it twice)
+    spool.clear()
+    assert not spool and not (tmp_path / "unconfirmed.jsonl").exists()
