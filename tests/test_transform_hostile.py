@@ -8,16 +8,16 @@ import io
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 from dataflow.block import RunContext
 from dataflow.csvchunks import CsvChunks
 from dataflow.errors import FileRejected
 from dataflow.templates import EARNED_BADGES, to_json_value
-from dataflow_blocks.field_mapping import FieldMapping, FieldMappingConfig, FieldSpec, map_rows
+from dataflow_blocks.field_mapping import FieldMapping, FieldMappingConfig, FieldSpec
 
 from .conftest import EVENT_DATE, Bed
+from .test_field_mapping import run  # map rows with the earned-badges base mapping
 
 EVENT = "2026-11-16T10:00:00Z"
 LATER = "1830000000"
@@ -29,21 +29,6 @@ MAPPING: dict[str, Any] = {
     "earnEventDate": {"column": "e", "date_format": "iso8601"},
     "earnExpiresOn": {"column": "x", "date_format": "epoch"},
 }
-
-
-def run(values: dict[str, list[str]], **specs: FieldSpec) -> tuple[pd.DataFrame, dict[int, str]]:
-    n = len(next(iter(values.values())))
-    source = pd.DataFrame(
-        {k: pd.array(v, dtype="str") for k, v in values.items()}, index=range(2, n + 2)
-    )
-    base = {
-        "badgeMetaId": FieldSpec(column="b"),
-        "customerId": FieldSpec(column="c"),
-        "earnEventDate": FieldSpec(column="e", date_format="iso8601"),
-        "earnExpiresOn": FieldSpec(column="x", date_format="epoch"),
-    }
-    records, rejected = map_rows(source, {**base, **specs}, EARNED_BADGES)
-    return records, {r.line_no: r.message for r in rejected}
 
 
 def transform(path: Path, **config: Any) -> tuple[list[int], dict[int, str], int]:
