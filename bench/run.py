@@ -227,7 +227,7 @@ def config(bed: Bed, args: argparse.Namespace, directory: Path) -> Path:
         {
             "name": "map",
             "type": "field_mapping",
-            "chunk_bytes": args.chunk_bytes,
+            **({"chunk_bytes": args.chunk_bytes} if args.chunk_bytes else {}),
             "mapping": {
                 "badgeMetaId": "badge_id",
                 "customerId": "customer_id",
@@ -251,26 +251,58 @@ def config(bed: Bed, args: argparse.Namespace, directory: Path) -> Path:
 
 
 class TreeMemory(threading.Thread):
-    """The peak RSS of a process and all its descendants, sampled every 20 ms."""
+    """The peak RSS of a process and all its descendants, sampled every 20 ms; with, at the
+    tree's peak, when it happened, each child's RSS and the top process's /proc smaps_rollup
+    (anonymous vs file-backed pages), and a coarse timeline (one sample per second)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
         self.peak = self.peak_top = 0
+        self.started = time.monotonic()
+        self.at_peak: dict[str, Any] = {}
+        self.timeline: list[tuple[float, int, int]] = []  # (s, top MiB, children MiB)
         self.done = threading.Event()
 
     def run(self) -> None:
+        next_mark = 0.0
         while not self.done.is_set():
             try:
                 top = self.process.memory_info().rss
-                tree = top
+                children: dict[str, int] = {}
                 for child in self.process.children(recursive=True):
                     with contextlib.suppress(psutil.Error):
-                        tree += child.memory_info().rss
+                        name = f"{child.name()}[{child.pid}]"
+                        children[name] = child.memory_info().rss
             except psutil.Error:
                 return
+            tree = top + sum(children.values())
+            now = time.monotonic() - self.started
+            if tree > self.peak:
+                self.at_peak = {
+                    "t_s": round(now, 2),
+                    "top_mib": round(top / 2**20, 1),
+                    "children_mib": {k: round(v / 2**20, 1) for k, v in children.items()},
+                    "top_smaps": _smaps_rollup(self.process.pid),
+                }
+            if now >= next_mark:
+                self.timeline.append((round(now, 1), top >> 20, sum(children.values()) >> 20))
+                next_mark = now + 1.0
             self.peak, self.peak_top = max(self.peak, tree), max(self.peak_top, top)
             self.done.wait(0.02)
+
+
+def _smaps_rollup(pid: int) -> dict[str, float]:
+    """Rss, Anonymous and file-backed (Rss - Anonymous) MiB of one process."""
+    fields: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name in ("Rss", "Anonymous", "Shared_Clean", "Private_Clean"):
+                fields[name] = round(int(value.split()[0]) / 1024, 1)
+    if "Rss" in fields and "Anonymous" in fields:
+        fields["File"] = round(fields["Rss"] - fields["Anonymous"], 1)
+    return fields
 
 
 def run_dataflow(bed: Bed, args: argparse.Namespace, rows: int, directory: Path) -> dict[str, Any]:
@@ -308,6 +340,8 @@ def run_dataflow(bed: Bed, args: argparse.Namespace, rows: int, directory: Path)
         "cpu_seconds": cpu,
         "peak_rss_tree": memory.peak,
         "peak_rss_top": memory.peak_top,
+        "at_peak": memory.at_peak,
+        "timeline": memory.timeline,
         "emulator_cpu": bed.api_cpu() - api_before,
     }
 
@@ -360,6 +394,8 @@ def bench(bed: Bed, args: argparse.Namespace, rows: int) -> dict[str, Any]:
         "cpu_us_per_row": round(run["cpu_seconds"] / rows * 1e6, 1),
         "peak_rss_tree_mib": round(run["peak_rss_tree"] / 2**20, 1),
         "peak_rss_dataflow_mib": round(run["peak_rss_top"] / 2**20, 1),
+        "at_peak": run["at_peak"],
+        "rss_timeline": " ".join(f"{t:g}:{a}+{b}" for t, a, b in run["timeline"]),
         "emulator_busy_dataflow": round(run["emulator_cpu"] / run["seconds"], 2),
         "batch_size": args.batch_size,
         "concurrency": args.concurrency,
@@ -417,7 +453,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--chunk-bytes", type=int, default=4 << 20)
+    parser.add_argument("--chunk-bytes", type=int, help="field_mapping chunk_bytes (its default)")
     parser.add_argument(
         "--slow-emulator", action="store_true", help="the emulator's default mode, not --fast"
     )

@@ -253,7 +253,13 @@ class FieldMappingConfig(BlockConfig):
         "the whole file fails (moved to the error directory) before any row is sent; costs "
         "one extra pass over the local file",
     )
-    chunk_bytes: int = Field(default=4 << 20, ge=1 << 10, le=256 << 20)
+    chunk_bytes: int | None = Field(
+        default=None,
+        ge=1 << 10,
+        le=256 << 20,
+        description="the size of a parse chunk; default 2 MiB (4 MiB for the bulk templates, "
+        "whose requestIds depend on it: changing it changes their ids)",
+    )
 
     @field_validator("delimiter", mode="before")
     @classmethod
@@ -357,6 +363,11 @@ class FieldMapping(Transform):
     Config = FieldMappingConfig
     config: FieldMappingConfig
 
+    @property
+    def chunk_bytes(self) -> int:
+        """The size of this file's parse chunks: `chunk_bytes`, or the template's default."""
+        return self.config.chunk_bytes or default_chunk_bytes(self.context.template)
+
     def read(self, path: Path) -> RowStream:
         c = self.config
         chunks = self._open(path)
@@ -392,7 +403,7 @@ class FieldMapping(Transform):
             delimiter=c.delimiter,
             encoding=c.encoding,
             headers=list(c.headers) if c.headerless else None,
-            block_chars=c.chunk_bytes,
+            block_chars=self.chunk_bytes,
         )
 
     def _threshold(self, path: Path, engine: _Expressions | None, limit: float) -> None:
@@ -414,6 +425,17 @@ class FieldMapping(Transform):
                 f"{rejected} of {kept} rows rejected ({_percent(percent, limit)} %), above "
                 f"max_rejected_percent {limit:g}; nothing was sent"
             )
+
+
+CHUNK_BYTES = 2 << 20
+GROUPED_CHUNK_BYTES = 4 << 20  # never change it: a bulk requestId depends on the chunks
+
+
+def default_chunk_bytes(template: Template) -> int:
+    """The parse chunk when `chunk_bytes` is not given. Smaller chunks hold less memory (each
+    chunk's source rows, records and request bodies are alive until its last verdict); the
+    bulk templates group rows within a chunk, so theirs stays what their ids were made with."""
+    return GROUPED_CHUNK_BYTES if template.group_by else CHUNK_BYTES
 
 
 def _percent(value: float, limit: float) -> str:
@@ -539,6 +561,11 @@ class _MappedStream(RowStream):
         self._engine = engine
         self._seen = SeenKeys() if config.duplicates == "reject" else None
         self._key = key_fields(template)
+        self._only: range | None = None  # a shard's chunks (dataflow.shards)
+
+    def select(self, chunks: range) -> bool:
+        self._only = chunks
+        return True
 
     def close(self, engine: bool = True) -> None:
         self._chunks.close()
@@ -546,7 +573,11 @@ class _MappedStream(RowStream):
             self._engine.close()
 
     def __iter__(self) -> Iterator[Chunk]:
-        for block in self._chunks:
+        for index, block in enumerate(self._chunks):
+            if self._only is not None and index not in self._only:
+                if index >= self._only.stop:
+                    break
+                continue  # another shard's chunk: parsed for its line numbers, not mapped
             errors = [
                 RowError(n, STAGE_TRANSFORM, f"malformed line: {reason}", raw=raw)
                 for n, raw, reason in block.malformed
@@ -631,17 +662,18 @@ def map_rows(
         empty = (values == "") & ~skip
         if field in template.fields:
             _note(problems, empty, f"{field}: empty ({spec.described})")
-        control = values.str.contains(_CONTROL, regex=True) & ~skip
+        control = _controls(values) & ~skip
         if control.any():
             found = values[control].str.extract(f"({_CONTROL})", expand=False)
             codes = found.map(lambda c: f"U+{ord(c):04X}")
             message = field + ": contains the control character " + codes
             _note(problems, control, message + f" ({spec.described})")
-        converted, why = _convert(values, kind, spec)
-        bad = (why != "") & ~empty & ~control & ~skip
-        if bad.any():
-            shown = values[bad].str.slice(0, 60)
-            _note(problems, bad, field + ": '" + shown + "' " + why[bad])
+        converted, failed, why = _convert(values, kind, spec)
+        if failed.any():
+            bad = ~empty & ~control & ~skip & failed
+            if bad.any():
+                shown = values[bad].str.slice(0, 60)
+                _note(problems, bad, field + ": '" + shown + "' " + why[bad])
         out[field] = converted
     records = pd.DataFrame(out, index=source.index)
     ok = problems == ""
@@ -654,6 +686,39 @@ def map_rows(
         for n, msg in problems[~ok].items()
     ]
     return records[ok], rejected
+
+
+def _arrow_text(values: pd.Series[Any]) -> pa.LargeStringArray:
+    """The values as one Arrow array of large strings (zero-copy for one-chunk text)."""
+    import pyarrow as pa
+
+    text = pa.array(values, type=pa.large_string())
+    if isinstance(text, pa.ChunkedArray):
+        text = text.chunk(0) if text.num_chunks == 1 else text.combine_chunks()
+    return text
+
+
+def _controls(values: pd.Series[Any]) -> pd.Series[Any]:
+    """Which values hold a control character (`_CONTROL`). The regex runs only when a byte
+    scan of the values finds one that may start one: a byte below 0x20 other than tab, DEL,
+    or 0xC2 (the first byte of U+0080..U+00BF in UTF-8)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    if not len(values):
+        return pd.Series(False, index=values.index)
+    try:
+        text = _arrow_text(values)
+    except (pa.ArrowException, TypeError, ValueError):
+        text = None
+    if text is not None and not text.null_count:
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)
+        first, last = offsets[text.offset], offsets[text.offset + len(text)]
+        data = np.frombuffer(text.buffers()[2] or b"", dtype=np.uint8)[first:last]
+        if not np.any(((data < 0x20) & (data != 0x09)) | (data == 0x7F) | (data == 0xC2)):
+            return pd.Series(False, index=values.index)
+    return values.str.contains(_CONTROL, regex=True)
 
 
 def _apply_map(values: pd.Series[Any], spec: FieldSpec) -> tuple[pd.Series[Any], pd.Series[Any]]:
@@ -705,22 +770,41 @@ def _why(kind: str) -> str:
     return "is invalid"
 
 
-def _convert(values: pd.Series[Any], kind: str, spec: FieldSpec) -> tuple[Any, pd.Series[Any]]:
-    """Typed values and, per value, why it could not be converted ("" where it could)."""
+def _convert(
+    values: pd.Series[Any], kind: str, spec: FieldSpec
+) -> tuple[Any, np.ndarray[Any, Any], Any]:
+    """Typed values, which could not be converted, and why (a text per value, read only
+    where it could not)."""
+    import numpy as np
     import pandas as pd
 
     if kind in DATE_KINDS:
-        return parse_dates(values, spec.formats, spec.timezone)
+        dates, codes, reasons = _parse_dates(values, spec.formats, spec.timezone)
+        failed = codes != _OK
+        return dates, failed, _texts(codes, reasons, values.index) if failed.any() else None
     if kind == "customer_id":
-        digits = values.str.fullmatch(r"\+?[0-9]{1,19}")  # ASCII digits only
-        numbers = pd.to_numeric(values.where(digits, "0").str.lstrip("+"), errors="coerce")
-        bad = ~digits | numbers.isna() | (numbers <= 0) | (numbers > _MAX_CUSTOMER_ID)
-        converted: Any = numbers.where(~bad, 0).astype("int64")
+        digits = values.str.fullmatch(r"\+?[0-9]{1,19}").to_numpy(dtype=bool)  # ASCII digits
+        numbers = _parse_numbers(values, digits, "+", "uint64")
+        bad = ~digits | (numbers == 0) | (numbers > _MAX_CUSTOMER_ID)
+        numbers[bad] = 0
+        converted: Any = pd.Series(numbers.astype(np.int64), index=values.index)
     elif kind == "owner_type":
-        converted, bad = values, ~values.isin(OWNER_TYPES)
+        converted, bad = values, ~values.isin(OWNER_TYPES).to_numpy(dtype=bool)
     else:
-        converted, bad = values, pd.Series(False, index=values.index)
-    return converted, bad.map({True: _why(kind), False: ""}).astype("str")
+        converted, bad = values, np.zeros(len(values), dtype=bool)
+    why = pd.Series(_why(kind), index=values.index, dtype="str") if bad.any() else None
+    return converted, bad, why
+
+
+def _texts(codes: np.ndarray[Any, Any], texts: list[str], index: pd.Index[Any]) -> Any:
+    """A text Series: `texts[code]` for each code (Arrow decodes it, no Python per row)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    decoded = pa.DictionaryArray.from_arrays(
+        pa.array(codes, type=pa.int8()), pa.array(texts, type=pa.large_string())
+    ).cast(pa.large_string())
+    return pd.Series(pd.array(decoded, dtype="str"), index=index)
 
 
 # --- dates ------------------------------------------------------------------------------------
@@ -733,57 +817,106 @@ def parse_dates(
 ) -> tuple[pd.Series[Any], pd.Series[Any]]:
     """Parse with each format in turn: millisecond UTC timestamps (NaT where none fits) and,
     per value, why it did not parse ("" where it did, and for empty values)."""
+    dates, codes, reasons = _parse_dates(values, formats, timezone)
+    return dates, _texts(codes, reasons, values.index)
+
+
+def _parse_dates(
+    values: pd.Series[Any], formats: list[str], timezone: str
+) -> tuple[pd.Series[Any], np.ndarray[Any, Any], list[str]]:
+    """`parse_dates` as the instants, an outcome code per value and the text of each code."""
+    import numpy as np
     import pandas as pd
 
-    result = pd.Series(pd.NaT, index=values.index, dtype=_DATE_DTYPE)
-    outcome = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
+    result = np.full(len(values), np.datetime64("NaT", "ms"))
+    outcome = np.full(len(values), _NO_MATCH, dtype=np.int8)
+    given = (values != "").to_numpy(dtype=bool)
     for fmt in formats:
-        todo = result.isna() & (values != "")
+        todo = given & np.isnat(result)
         if not todo.any():
             break
-        parsed, codes = _parse_one(values[todo], fmt, timezone)
-        result.loc[parsed.index] = parsed
-        outcome.loc[codes.index] = outcome[codes.index].where(outcome[codes.index] >= codes, codes)
-    outcome[result.notna() | (values == "")] = _OK
+        instants, codes = _parse_one(values if todo.all() else values[todo], fmt, timezone)
+        result[todo] = instants
+        outcome[todo] = np.maximum(outcome[todo], codes)
+    outcome[~np.isnat(result) | ~given] = _OK
     shown = " or ".join(f"'{f}'" for f in formats)
-    reasons = {
-        _OK: "",
-        _NO_MATCH: f"does not match date_format {shown}",
-        _GAP: f"does not exist in timezone {timezone} (a local time skipped when the clocks "
-        "go forward)",
-        _RANGE: f"is outside the dates the API takes ({DATE_RANGE})",
-    }
-    return result, outcome.map(reasons).astype("str")
+    reasons = [
+        "",
+        f"does not match date_format {shown}",
+        f"does not exist in timezone {timezone} (a local time skipped when the clocks go forward)",
+        f"is outside the dates the API takes ({DATE_RANGE})",
+    ]
+    dates = pd.Series(result, index=values.index).dt.tz_localize("UTC")
+    return dates, outcome, reasons
 
 
 def _parse_one(values: Any, fmt: str, timezone: str) -> tuple[Any, Any]:
-    """One format: the parsed instants (NaT where not) and each value's outcome code."""
-    import pandas as pd
+    """One format: the parsed instants (UTC, datetime64[ms], NaT where none) and each value's
+    outcome code (int8), as arrays in the order of `values`."""
+    import numpy as np
 
     if fmt in ("epoch", "epoch_ms"):
         return _parse_epoch(values, 1000 if fmt == "epoch" else 1)
     naive, aware = _parse_text(values, fmt)
-    local = _localize(naive, timezone)
-    instant = aware.where(aware.notna(), local)
-    codes = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
-    codes[naive.notna() & local.isna()] = _GAP
-    low, high = _date_bounds()
-    in_range = (instant >= low) & (instant <= high)
-    codes[instant.notna() & ~in_range] = _RANGE
+    local = _localize(naive, timezone).to_numpy(dtype="datetime64[ms]")
+    aware = aware.to_numpy(dtype="datetime64[ms]")
+    instant = np.where(np.isnat(aware), local, aware)
+    codes = np.full(len(values), _NO_MATCH, dtype=np.int8)
+    codes[~np.isnat(naive.to_numpy(dtype="datetime64[ms]")) & np.isnat(local)] = _GAP
+    return _in_range(instant, codes)
+
+
+def _in_range(instant: Any, codes: Any) -> tuple[Any, Any]:
+    """The instants the API takes (NaT for the others, coded _RANGE)."""
+    import numpy as np
+
+    ms = instant.view(np.int64)
+    known = ~np.isnat(instant)
+    in_range = known & (ms >= 0) & (ms <= _DATE_MAX_MS)
+    codes[known & ~in_range] = _RANGE
     codes[in_range] = _OK
-    return instant.where(in_range), codes
+    instant[~in_range] = np.datetime64("NaT", "ms")
+    return instant, codes
+
+
+def _parse_numbers(values: Any, chosen: Any, sign: str, dtype: str) -> np.ndarray[Any, Any]:
+    """The `chosen` values (a mask of plain decimal numbers, maybe signed) as `dtype`
+    (uint64: exact; float64: correctly rounded), parsed by Arrow; 0 elsewhere. `sign` is the
+    leading sign characters Arrow does not take for that type and the value may have."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = np.zeros(len(values), dtype=dtype)
+    where = np.flatnonzero(chosen)
+    if len(where):
+        part = values if len(where) == len(values) else values.iloc[where]
+        text = pa.array(part, type=pa.large_string())
+        if sign:
+            text = pc.utf8_ltrim(text, sign)
+        out[where] = pc.cast(text, pa.type_for_alias(dtype)).to_numpy(zero_copy_only=False)
+    return out
+
+
+# epoch values: the form taken, and its part Arrow parses ("+-5" is taken, but no number)
+_EPOCH = r"\+?-?[0-9]{1,30}(?:\.[0-9]*)?"
+_EPOCH_NUMBER = r"[+-]?[0-9]{1,30}(?:\.[0-9]*)?"
 
 
 def _parse_epoch(values: Any, ms_per_unit: int) -> tuple[Any, Any]:
-    import pandas as pd
+    """Epoch seconds or milliseconds; parsed as float64 (never as integers that a
+    multiplication by 1000 could wrap around into the range)."""
+    import numpy as np
 
-    number = values.str.fullmatch(r"\+?-?[0-9]{1,30}(?:\.[0-9]*)?")
-    ms = pd.to_numeric(values.where(number), errors="coerce") * ms_per_unit
-    in_range = number & (ms >= 0) & (ms <= _DATE_MAX_MS)
-    whole = ms.where(in_range, 0).round().astype("int64").to_numpy()
-    instant = pd.Series(whole.astype("datetime64[ms]"), index=values.index)
-    instant = instant.dt.tz_localize("UTC").where(in_range)
-    codes = pd.Series(_NO_MATCH, index=values.index, dtype="int8")
+    parsed = values.str.fullmatch(_EPOCH_NUMBER).to_numpy(dtype=bool)
+    number = parsed.copy()
+    if not parsed.all():
+        number[~parsed] = values[~parsed].str.fullmatch(_EPOCH).to_numpy(dtype=bool)
+    ms = _parse_numbers(values, parsed, "", "float64") * ms_per_unit
+    in_range = parsed & (ms >= 0) & (ms <= _DATE_MAX_MS)
+    instant = np.full(len(values), np.datetime64("NaT", "ms"))
+    instant[in_range] = np.round(ms[in_range]).astype(np.int64).astype("datetime64[ms]")
+    codes = np.full(len(values), _NO_MATCH, dtype=np.int8)
     codes[number & ~in_range] = _RANGE
     codes[in_range] = _OK
     return instant, codes
@@ -844,42 +977,84 @@ def _parse_fixed(values: Any, fmt: str) -> Any:
     below 60), NaT for every other value; None when `fmt` is not such a format."""
     import numpy as np
     import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
 
     layout = _fixed_layout(fmt)
     if layout is None:
         return None
-    width, starts, pattern = layout
+    width, starts, _ = layout
     out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ms]")
-    text = pa.array(values.astype("str"), type=pa.large_string())
-    shaped = pc.fill_null(pc.match_substring_regex(text, pattern), False)
-    where = np.flatnonzero(shaped.to_numpy(zero_copy_only=False))
+    where, digits = _shaped(values, fmt, width)
     if len(where):
-        chosen = pa.concat_arrays([text.take(pa.array(where))])
-        data = np.frombuffer(chosen.buffers()[2], dtype=np.uint8)[: len(where) * width]
-        digits = data.reshape(len(where), width).astype(np.int64) - 48
 
-        def field(code: str, default: int) -> Any:
+        def field(code: str) -> Any:
             if code not in starts:
-                return np.full(len(where), default, dtype=np.int64)
-            start, number = starts[code], np.zeros(len(where), dtype=np.int64)
-            for k in range(_FIXED_FIELDS[code]):
-                number = number * 10 + digits[:, start + k]
+                return np.zeros(len(where), dtype=np.int64)
+            start = starts[code]
+            number = digits[start].astype(np.int64)
+            for k in range(1, _FIXED_FIELDS[code]):
+                number = number * 10 + digits[start + k]
             return number
 
-        year, month, day = field("%Y", 0), field("%m", 0), field("%d", 0)
-        hour, minute, second = field("%H", 0), field("%M", 0), field("%S", 0)
-        months = (year - 1970) * 12 + (month - 1)
-        month_start = np.clip(months, -30000, 110000).astype("datetime64[M]")
-        length = (month_start + 1).astype("datetime64[D]") - month_start.astype("datetime64[D]")
+        year, month, day = field("%Y"), field("%m"), field("%d")
+        hour, minute, second = field("%H"), field("%M"), field("%S")
+        leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
         valid = (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1)
-        valid &= day <= length.astype(np.int64)
+        month_days = np.array(_MONTH_DAYS)[np.clip(month, 1, 12)]
+        valid &= day <= month_days + (leap & (month == 2))
         valid &= (hour < 24) & (minute < 60) & (second < 60)
-        days = month_start.astype("datetime64[D]").astype(np.int64) + day - 1
-        ms = ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000
+        ms = ((_days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60_000
+        ms += second * 1000
         out[where[valid]] = ms[valid].astype("datetime64[ms]")
     return pd.Series(out, index=values.index)
+
+
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # by month, February 28
+
+
+def _days_from_civil(year: Any, month: Any, day: Any) -> Any:
+    """Days since 1970-01-01 of proleptic Gregorian dates (arrays; H. Hinnant's algorithm)."""
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _shaped(values: Any, fmt: str, width: int) -> tuple[Any, Any]:
+    """The positions of the values of exactly `width` ASCII characters with a digit at each
+    field of `fmt` and its literal characters elsewhere, and their bytes minus ord("0"), by
+    character position (`width` rows, one column per value)."""
+    import numpy as np
+
+    text = _arrow_text(values)
+    if not len(text):
+        return np.zeros(0, dtype=np.int64), np.zeros((width, 0), dtype=np.uint8)
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[
+        text.offset : text.offset + len(text) + 1
+    ]
+    sized = np.diff(offsets) == width
+    if text.null_count:
+        sized &= text.is_valid().to_numpy(zero_copy_only=False)
+    where = np.flatnonzero(sized)
+    data = np.frombuffer(text.buffers()[2] or b"", dtype=np.uint8)
+    if len(where) == len(text):  # all of that width: the bytes are one block
+        rows = data[offsets[0] : offsets[0] + len(where) * width].reshape(len(where), width)
+    else:
+        rows = data[offsets[where][:, None] + np.arange(width)]
+    columns = np.ascontiguousarray(rows.T) - np.uint8(48)  # wraps around below "0"
+    shaped = np.ones(len(where), dtype=bool)
+    i = position = 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            for k in range(_FIXED_FIELDS[fmt[i : i + 2]]):
+                shaped &= columns[position + k] <= 9
+            position += _FIXED_FIELDS[fmt[i : i + 2]]
+            i += 2
+        else:
+            shaped &= columns[position] == (ord(fmt[i]) - 48) % 256
+            position, i = position + 1, i + 1
+    return where[shaped], columns[:, shaped]
 
 
 def _parse_text_general(values: Any, fmt: str) -> tuple[Any, Any]:

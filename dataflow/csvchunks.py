@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from dataflow import memory
 from dataflow.errors import FileRejected
 
 MAX_RECORD_LINES = 1000  # a quoted value longer than this is taken as a broken quote
@@ -57,6 +59,7 @@ class CsvChunks:
         headers: list[str] | None = None,
         block_chars: int = 4 << 20,
     ) -> None:
+        memory.tune()  # a streamed file: freed arrays go back to the system
         codec = codecs.lookup(encoding).name
         self.path = path
         self.encoding = encoding
@@ -93,34 +96,47 @@ class CsvChunks:
         file-level failure before any row is sent (not after half the file went out)."""
         encoding = self._fh.encoding
         with self.path.open("rb") as raw:
-            offset = 0  # of `block` in the file
+            offset = begin = 0  # of `block` in the file; of the text (after a BOM)
             if encoding == "utf-8-sig":  # skip the BOM here: offsets then stay the file's
                 encoding = "utf-8"
-                offset = len(codecs.BOM_UTF8) if raw.read(3) == codecs.BOM_UTF8 else 0
+                offset = begin = len(codecs.BOM_UTF8) if raw.read(3) == codecs.BOM_UTF8 else 0
                 raw.seek(offset)
             decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-            lines = _LineCounter()
             while block := raw.read(1 << 20):
                 held = decoder.getstate()[0]  # bytes of a character split across reads
                 try:
-                    lines.add(decoder.decode(block))
+                    decoder.decode(block)
                 except UnicodeDecodeError as exc:
                     data = held + block
-                    lines.add(data[: exc.start].decode(encoding, errors="replace"))
                     where = offset - len(held) + exc.start
+                    line = self._line_at(encoding, begin, where)
                     raise FileRejected(
                         f"the file is not valid {self.encoding} (byte 0x{data[exc.start]:02x} "
-                        f"at offset {where}, on line {lines.current}); set `encoding:` "
+                        f"at offset {where}, on line {line}); set `encoding:` "
                         "on the field_mapping block"
                     ) from exc
                 offset += len(block)
             try:
                 decoder.decode(b"", final=True)
             except UnicodeDecodeError as exc:
+                line = self._line_at(encoding, begin, offset)
                 raise FileRejected(
                     f"the file is not valid {self.encoding}: it ends inside a character, on "
-                    f"line {lines.current}; set `encoding:` on the field_mapping block"
+                    f"line {line}; set `encoding:` on the field_mapping block"
                 ) from exc
+
+    def _line_at(self, encoding: str, begin: int, end: int) -> int:
+        """The line number at byte `end` of the file (its text starting at byte `begin`):
+        counted only when a file is rejected, so a good file is not counted twice."""
+        lines = _LineCounter()
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        with self.path.open("rb") as raw:
+            raw.seek(begin)
+            while begin < end and (block := raw.read(min(1 << 20, end - begin))):
+                lines.add(decoder.decode(block))
+                begin += len(block)
+        lines.add(decoder.decode(b"", final=True))
+        return lines.current
 
     # -- raw text ---------------------------------------------------------------------------
 
@@ -184,14 +200,15 @@ class CsvChunks:
             if not text:
                 return
             first = self.next_line
-            block = self._fast(text, first)
+            nlines = _count_lines(text)
+            block = self._fast(text, first, nlines)
             if block is None:
                 block = self._slow(text, first)
             else:
-                self.next_line = first + _count_lines(text)
+                self.next_line = first + nlines
             yield block
 
-    def _fast(self, text: str, first: int) -> Block | None:
+    def _fast(self, text: str, first: int, nlines: int) -> Block | None:
         if "\r" in text and text.count("\r") != text.count("\r\n"):
             return None  # a stray CR: Arrow would end a row there
         invalid: list[tuple[int | None, str]] = []
@@ -200,28 +217,13 @@ class CsvChunks:
             invalid.append((row.number, row.text))
             return "skip"
 
-        ncols = len(self.columns)
         data = text.encode("utf-8")
         try:
-            table = pa_csv.read_csv(
-                io.BytesIO(data),
-                read_options=pa_csv.ReadOptions(
-                    column_names=[f"c{i}" for i in range(ncols)],
-                    use_threads=False,
-                    block_size=len(data) + 1,
-                ),
-                parse_options=pa_csv.ParseOptions(
-                    delimiter=self.delimiter,
-                    invalid_row_handler=handler,
-                    ignore_empty_lines=False,
-                    newlines_in_values=False,
-                ),
-                convert_options=pa_csv.ConvertOptions(
-                    column_types={f"c{i}": pa.string() for i in range(ncols)},
-                    strings_can_be_null=False,
-                    quoted_strings_can_be_null=False,
-                ),
-            )
+            try:  # without a handler first: Arrow parses faster so, and most blocks are clean
+                table = self._arrow(data, None)
+            except pa.ArrowInvalid:
+                invalid.clear()
+                table = self._arrow(data, handler)
         except (pa.ArrowInvalid, pa.ArrowException):
             return None
         if any(number is None or "\n" in t or "\r" in t for number, t in invalid):
@@ -230,11 +232,13 @@ class CsvChunks:
             return None  # an open quote may go on past this line, even past the block
         if '"' in text and _any_newline(table):
             return None
-        nlines = _count_lines(text)
         if table.num_rows + len(invalid) != nlines:
             return None  # something we did not foresee: take the exact path
-        bad = {int(number) for number, _ in invalid if number is not None}
-        lines = [first + i for i in range(nlines) if (i + 1) not in bad]
+        lines = np.arange(first, first + nlines, dtype=np.int64)
+        if invalid:  # Arrow numbers the lines of the block from 1
+            bad = np.array([int(n) - 1 for n, _ in invalid if n is not None], dtype=np.int64)
+            lines = np.delete(lines, bad)
+        ncols = len(self.columns)
         malformed = [
             (first + int(n) - 1, t, _count_reason(t, ncols, self.delimiter))
             for n, t in invalid
@@ -243,6 +247,30 @@ class CsvChunks:
         frame = table.rename_columns(self.columns).to_pandas()
         frame.index = pd.Index(lines, dtype="int64")
         return _drop_blank(Block(frame, malformed), self.delimiter)
+
+    def _arrow(self, data: bytes, handler: Any) -> pa.Table:
+        """`data` parsed by Arrow, every column as text; `handler` is told malformed rows
+        (without one, a malformed row raises ArrowInvalid)."""
+        ncols = len(self.columns)
+        return pa_csv.read_csv(
+            io.BytesIO(data),
+            read_options=pa_csv.ReadOptions(
+                column_names=[f"c{i}" for i in range(ncols)],
+                use_threads=False,
+                block_size=len(data) + 1,
+            ),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=self.delimiter,
+                invalid_row_handler=handler,
+                ignore_empty_lines=False,
+                newlines_in_values=False,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={f"c{i}": pa.string() for i in range(ncols)},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
 
     def _slow(self, text: str, first: int) -> Block:
         ncols = len(self.columns)

@@ -92,6 +92,32 @@ def test_epoch_ms_const_and_cross_field_rule() -> None:
     assert rejected == {3: "earnExpiresOn: must be after earnEventDate"}
 
 
+def test_epoch_numbers_never_wrap_around_and_ids_are_exact() -> None:
+    """A huge epoch times 1000 must not wrap (as int64) into the range; the largest
+    customerId is exact (not rounded through a float)."""
+    outside = "is outside the dates the API takes (1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z)"
+    records, rejected = run(  # integers only: no float on the way
+        {"b": ["B"] * 2, "c": ["1", "2"], "e": ["2026-11-16T10:00:00Z"] * 2,
+         "x": ["18446744073709552", LATER]}
+    )  # fmt: skip
+    assert rejected == {2: f"earnExpiresOn: '18446744073709552' {outside}"}
+    n = 4
+    records, rejected = run(
+        {
+            "b": ["B"] * n,
+            "c": ["9223372036854775807", "9223372036854775808", "+0012", "7"],
+            "e": ["2026-11-16T10:00:00Z"] * n,
+            "x": [LATER, LATER, f"+{LATER}.4", "+-5"],
+        }
+    )
+    assert rejected == {
+        3: "customerId: '9223372036854775808' is not a positive integer",
+        5: f"earnExpiresOn: '+-5' {outside}",
+    }
+    assert list(records["customerId"]) == [9223372036854775807, 12]
+    assert to_json_value(records["earnExpiresOn"], "epoch_s") == [int(LATER)] * 2
+
+
 def test_all_problems_of_a_row_are_named() -> None:
     records, rejected = run({"b": [""], "c": ["x"], "e": ["never"], "x": ["soon"]})
     assert records.empty
