@@ -25,7 +25,7 @@ in `close()`, and translate library exceptions into `dataflow.errors` at their b
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -68,7 +68,7 @@ class Template(Protocol):
         self,
     ) -> Callable[[Any, pd.DataFrame, pd.DataFrame, int, str], Iterator[Request]]: ...
     @property
-    def parse_response(self) -> Callable[[Request, int, Any], list[RecordResult]]: ...
+    def parse_response(self) -> Callable[[Request, int, Any], Sequence[RecordResult]]: ...
 
 
 class BlockConfig(BaseModel):
@@ -192,6 +192,13 @@ class RowStream(abc.ABC):
     @abc.abstractmethod
     def __iter__(self) -> Iterator[Chunk]: ...
 
+    def select(self, chunks: range) -> bool:
+        """Yield only the chunks whose index (0-based, in file order) is in `chunks`, without
+        transforming the others (a shard of a big file, `dataflow.shards`); line numbers stay
+        the file's. False when this stream cannot: it yields every chunk, the pipeline drops
+        the others."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the file."""
 
@@ -209,7 +216,7 @@ class Transform(Block):
         return ","
 
 
-OnResult = Callable[[Request, list[RecordResult]], None]
+OnResult = Callable[[Request, Sequence[RecordResult]], None]
 
 
 class Sink(Block):

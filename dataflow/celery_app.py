@@ -13,6 +13,9 @@ acknowledged), ``worker_prefetch_multiplier = 1`` (a worker holds one task beyon
 runs) and a Redis ``visibility_timeout`` longer than the longest run
 (``DATAFLOW_VISIBILITY_TIMEOUT`` seconds, default 12 hours).
 
+A second task, ``dataflow.shard``, sends one shard of a big file (`dataflow.shards`): the run
+that split the file enqueues one per shard and returns at once.
+
 The worker runs dataflows in threads (the work is I/O: SFTP, gpg, the API; scale out with more
 worker processes or hosts). SIGTERM stops it as it stops ``dataflow schedule``: the running
 runs finish their requests in flight and checkpoint the rest, then their tasks are rejected
@@ -38,6 +41,7 @@ BROKER_ENV = "DATAFLOW_BROKER_URL"
 VISIBILITY_ENV = "DATAFLOW_VISIBILITY_TIMEOUT"
 VISIBILITY_DEFAULT = 12 * 3600
 TASK = "dataflow.run"
+SHARD_TASK = "dataflow.shard"  # one shard of a big file (dataflow.shards)
 QUEUE = "dataflow"
 
 
@@ -86,20 +90,34 @@ def make_app(url: str | None = None) -> Celery:
         worker_redirect_stdouts=False,
     )
     app.task(name=TASK, bind=False)(run_task)
+    app.task(name=SHARD_TASK, bind=False)(shard_task)
+    _APPS.append(app)
     return app
+
+
+_APPS: list[Celery] = []  # the apps made in this process: a worker's tasks enqueue with its own
 
 
 def run_task(path: str) -> str:
     """Run one dataflow file now (on a worker): its run's status."""
     from dataflow.config import load_dataflow
+    from dataflow.errors import FatalError
     from dataflow.runner import run
+    from dataflow.shards import Sharder, shard_rows
 
     try:
         dataflow = load_dataflow(path)  # read again on the worker: rotated secrets are used
     except ConfigError as exc:
         log.error("%s: not run, the file is invalid:\n%s", path, exc)
         return "invalid"
-    report = run(dataflow)
+    try:
+        threshold = shard_rows()
+    except FatalError as exc:
+        log.error("%s: not run: %s", path, exc)
+        return "invalid"
+    app = _APPS[0] if _APPS else make_app()
+    sharder = Sharder(lambda *args: enqueue_shard(app, *args), path, threshold)
+    report = run(dataflow, shards=sharder)
     if report.stop_cause == "stopped":  # SIGTERM: checkpointed; another worker resumes it
         log.info("%s: stopped by SIGTERM, handed back to the queue", dataflow.name)
         raise Reject("stopped by SIGTERM: handed back to the queue", requeue=True)
@@ -111,6 +129,38 @@ def run_task(path: str) -> str:
         report.status,
     )
     return str(report.status)
+
+
+def shard_task(path: str, dataflow: str, key: str, number: int) -> str:
+    """Send one shard of a big file (on a worker); the last one finishes the file."""
+    from dataflow.config import load_dataflow
+    from dataflow.errors import FatalError, Stopped
+    from dataflow.shards import run_shard
+
+    try:
+        load_dataflow(path)
+    except ConfigError as exc:
+        log.error("%s: shard %d not sent, the file is invalid:\n%s", path, number, exc)
+        return "invalid"
+    try:
+        outcome = run_shard(path, dataflow, key, number)
+    except Stopped as exc:  # SIGTERM: checkpointed; another worker resumes it
+        log.info("%s: shard %d stopped by SIGTERM, handed back to the queue", dataflow, number)
+        raise Reject("stopped by SIGTERM: handed back to the queue", requeue=True) from exc
+    except FatalError as exc:  # kept: the shard resumes when it is delivered again
+        log.error("%s: shard %d stopped: %s", dataflow, number, exc)
+        return "stopped"
+    except Exception as exc:  # unforeseen: one line; the next run enqueues the shard again
+        log.debug("shard %d of %s", number, dataflow, exc_info=True)
+        log.error("%s: shard %d stopped: %s: %s", dataflow, number, type(exc).__name__, exc)
+        return "failed"
+    log.info("%s: shard %d on %s: %s", dataflow, number, socket.gethostname(), outcome)
+    return outcome
+
+
+def enqueue_shard(app: Celery, path: str, dataflow: str, key: str, number: int) -> None:
+    """Put one shard of a big file on the queue (the run that split it, on a worker)."""
+    app.send_task(SHARD_TASK, args=[path, dataflow, key, number], queue=QUEUE)
 
 
 def enqueue(app: Celery, path: str) -> Any:

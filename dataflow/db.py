@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from dataflow.errors import StateError
 
-SCHEMA_VERSION = 1  # the PostgreSQL schema `upgrade` creates; bump with each migration
+SCHEMA_VERSION = 2  # the PostgreSQL schema `upgrade` creates; bump with each migration
 # keepalives on the client (libpq) and on the server (its side of the same connection)
 KEEPALIVES = {
     "keepalives": 1,
@@ -158,6 +158,73 @@ sa.Table(
     _text("owner", nullable=False),
     sa.Column("fence", sa.BigInteger, nullable=False),
     sa.Column("lease_until", sa.Float, nullable=False),
+)
+
+# big files split into shards sent by several workers (dataflow.shards); in both backends
+SHARD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS shard_sets (
+    dataflow TEXT NOT NULL,
+    send_key TEXT NOT NULL,  -- the send's checkpoint key (dataflow.checkpoint.send_key)
+    name TEXT NOT NULL, path TEXT NOT NULL, size BIGINT, mtime BIGINT, ok_path TEXT,
+    sha256 TEXT NOT NULL, send_no BIGINT NOT NULL,
+    run_id TEXT NOT NULL, lineage_id TEXT NOT NULL,  -- the run that split it, the file's
+    config_path TEXT NOT NULL,
+    shards BIGINT NOT NULL,
+    state TEXT NOT NULL,  -- running, finished
+    processed_path TEXT,  -- where the last shard moved the original
+    PRIMARY KEY (dataflow, send_key)
+);
+CREATE TABLE IF NOT EXISTS shards (
+    dataflow TEXT NOT NULL,
+    send_key TEXT NOT NULL,
+    shard_no BIGINT NOT NULL,
+    chunk_from BIGINT NOT NULL,  -- the parser's chunks [chunk_from, chunk_to)
+    chunk_to BIGINT,  -- NULL: to the end of the file
+    state TEXT NOT NULL,  -- pending, done
+    rows_total BIGINT, rows_filtered BIGINT, rows_rejected BIGINT,
+    rows_sent BIGINT, rows_succeeded BIGINT, rows_failed BIGINT,
+    error_rows BIGINT,
+    errors BLOB,  -- the shard's error file (CSV, with its header)
+    summary TEXT,  -- JSON [[stage, code, message, count]]
+    failed TEXT,  -- JSON [[line, code, message]]: rows the API failed (dataflow retry)
+    owner TEXT,  -- the worker that sent it
+    PRIMARY KEY (dataflow, send_key, shard_no)
+);
+"""
+sa.Table(
+    "shard_sets",
+    METADATA,
+    _text("dataflow", primary=True),
+    _text("send_key", primary=True),
+    _text("name", nullable=False),
+    _text("path", nullable=False),
+    _int("size"),
+    _int("mtime"),
+    _text("ok_path"),
+    _text("sha256", nullable=False),
+    sa.Column("send_no", sa.BigInteger, nullable=False),
+    _text("run_id", nullable=False),
+    _text("lineage_id", nullable=False),
+    _text("config_path", nullable=False),
+    sa.Column("shards", sa.BigInteger, nullable=False),
+    _text("state", nullable=False),
+    _text("processed_path"),
+)
+sa.Table(
+    "shards",
+    METADATA,
+    _text("dataflow", primary=True),
+    _text("send_key", primary=True),
+    sa.Column("shard_no", sa.BigInteger, primary_key=True),
+    sa.Column("chunk_from", sa.BigInteger, nullable=False),
+    _int("chunk_to"),
+    _text("state", nullable=False),
+    *(_int(f"rows_{n}") for n in ("total", "filtered", "rejected", "sent", "succeeded", "failed")),
+    _int("error_rows"),
+    sa.Column("errors", sa.LargeBinary),
+    _text("summary"),
+    _text("failed"),
+    _text("owner"),
 )
 
 

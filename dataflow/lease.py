@@ -16,10 +16,15 @@ takeover waits for it to commit, and a write after a takeover is refused.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 from dataflow.db import Store
 from dataflow.errors import FatalError
+
+LEASE_ENV = "DATAFLOW_LEASE_SECONDS"
+LEASE_DEFAULT = 60.0  # seconds; renewed every third of it
 
 NOW = {
     "postgresql": "EXTRACT(EPOCH FROM clock_timestamp())::double precision",
@@ -39,6 +44,24 @@ class Lease:
     fence: int
 
 
+def lease_seconds() -> float:
+    """The time to live of a file's lease (``DATAFLOW_LEASE_SECONDS``, default 60): a worker
+    that stops renewing it (killed, paused, cut off) loses the file after this long."""
+    text = os.environ.get(LEASE_ENV, "")
+    try:
+        value = float(text) if text else LEASE_DEFAULT
+    except ValueError as exc:
+        raise FatalError(f"{LEASE_ENV} must be a number of seconds, not {text!r}") from exc
+    if not 0.5 <= value <= 86400:
+        raise FatalError(f"{LEASE_ENV} must be between 0.5 and 86400 seconds, not {value:g}")
+    return value
+
+
+def worker_name(run_id: str) -> str:
+    """Who holds a lease, as shown in messages: host, process and run."""
+    return f"{socket.gethostname()}:{os.getpid()}:{run_id[:8]}"
+
+
 def lost(lease: Lease) -> LeaseLost:
     return LeaseLost(
         f"the lease of {lease.name} (dataflow {lease.dataflow}) was taken over by another "
@@ -47,9 +70,12 @@ def lost(lease: Lease) -> LeaseLost:
     )
 
 
-def claim(store: Store, dataflow: str, name: str, owner: str, ttl: float) -> Lease | None:
-    """Claim the file for `ttl` seconds: its lease, or None while another worker holds it.
-    The caller has begun a transaction."""
+def claim(
+    store: Store, dataflow: str, name: str, owner: str, ttl: float, steal: bool = False
+) -> Lease | None:
+    """Claim the file for `ttl` seconds: its lease, or None while another worker holds it
+    (with `steal`, taken over anyway: the caller knows that holder is gone). The caller has
+    begun a transaction."""
     now = NOW[store.dialect]
     skip = " FOR UPDATE SKIP LOCKED" if store.postgres else ""
     row = store.execute(
@@ -65,7 +91,7 @@ def claim(store: Store, dataflow: str, name: str, owner: str, ttl: float) -> Lea
         )
         return Lease(dataflow, name, owner, 1) if inserted.rowcount == 1 else None
     holder, fence, live = row
-    if live and holder != owner:
+    if live and holder != owner and not steal:
         return None
     store.execute(
         f"UPDATE leases SET owner = ?, fence = ?, lease_until = {now} + ? "
@@ -104,3 +130,12 @@ def release(store: Store, lease: Lease) -> None:
         "UPDATE leases SET lease_until = 0 WHERE dataflow = ? AND name = ? AND fence = ?",
         (lease.dataflow, lease.name, lease.fence),
     )
+
+
+def live(store: Store, dataflow: str, name: str) -> bool:
+    """True while some worker holds a lease of that name that has not run out."""
+    row = store.execute(
+        f"SELECT lease_until > {NOW[store.dialect]} FROM leases WHERE dataflow = ? AND name = ?",
+        (dataflow, name),
+    ).fetchone()
+    return bool(row and row[0])

@@ -23,7 +23,7 @@ import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from dataflow.checkpoint import Checkpoints, send_key
 from dataflow.db import (
     LEASE_SCHEMA,
     SCHEMA_VERSION,
+    SHARD_SCHEMA,
     Store,
     database_error,
     postgres_engine,
@@ -196,7 +197,7 @@ class Ledger:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
-            self._db.script(SCHEMA + CHECKPOINT_SCHEMA + LEASE_SCHEMA)
+            self._db.script(SCHEMA + CHECKPOINT_SCHEMA + LEASE_SCHEMA + SHARD_SCHEMA)
             self._migrate()
         except StateError:
             self._db.close()
@@ -319,6 +320,24 @@ class Ledger:
         finally:
             self._in_tx = False
 
+    def transaction(self, dataflow: str) -> AbstractContextManager[Store]:
+        """A transaction on the state, fenced by this ledger's lease of `dataflow`'s file if
+        it holds one (`dataflow.shards` records its shards in it)."""
+        return self._tx(dataflow)
+
+    def refresh_run(self, run_id: str) -> None:
+        """Derive a run's status again from its files (the last shard of a big file finished
+        after the run that split it)."""
+        rows = self._db.execute("SELECT reason, dry_run FROM runs WHERE run_id = ?", (run_id,))
+        row = rows.fetchone()
+        if row is None:
+            return
+        report = RunReport("", run_id, "", reason=row[0], dry_run=bool(row[1]))
+        for (status,) in self._db.execute("SELECT status FROM files WHERE run_id = ?", (run_id,)):
+            report.files.append(FileReport("", "", str(status)))
+        report.settle()
+        self._db.execute("UPDATE runs SET status = ? WHERE run_id = ?", (report.status, run_id))
+
     @contextmanager
     def _fenced(self, dataflow: str) -> Iterator[None]:
         """Around a checkpoint write: a fenced transaction while a lease is held, else the
@@ -330,11 +349,14 @@ class Ledger:
             yield
 
     # file leases (dataflow.lease): one worker at a time on a file, across machines
-    def claim_file(self, dataflow: str, name: str, owner: str, ttl: float) -> Lease | None:
+    def claim_file(
+        self, dataflow: str, name: str, owner: str, ttl: float, *, steal: bool = False
+    ) -> Lease | None:
         """Claim the file `name` of `dataflow` for `ttl` seconds; None while another worker
-        holds it. While held, this ledger's writes of that dataflow's files carry its fence."""
+        holds it (unless `steal`: its holder is known to be gone). While held, this ledger's
+        writes of that dataflow's files carry its fence."""
         with self._tx() as db:
-            lease = leases.claim(db, dataflow, name, owner, ttl)
+            lease = leases.claim(db, dataflow, name, owner, ttl, steal)
         if lease is not None:
             self._leases[dataflow] = lease
         return lease

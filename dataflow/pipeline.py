@@ -18,12 +18,15 @@ failed in the lineage it retries; its original stays where it is (in processed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -35,6 +38,7 @@ from dataflow.checkpoint import Progress
 from dataflow.errorfile import ErrorFile, error_file_name, timestamp
 from dataflow.errors import FatalError, FileRejected, Stopped
 from dataflow.faults import crash_point
+from dataflow.lease import Lease
 from dataflow.ledger import Ledger
 from dataflow.redact import redact
 from dataflow.report import FileReport, RunReport
@@ -43,6 +47,25 @@ from dataflow.shutdown import STOP
 from dataflow.templates import Template
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+IN_PROGRESS = "in_progress"  # a big file split into shards that workers are sending
+
+
+class Sharder(Protocol):
+    """Splits a big file into shards sent by workers (`dataflow.shards`), on a worker only."""
+
+    async def split(
+        self,
+        chain: Chain,
+        file: RemoteFile,
+        path: Path,
+        report: FileReport,
+        progress: Progress,
+        ledger: Ledger,
+        run: RunReport,
+    ) -> bool:
+        """True when the file (decrypted at `path`) was split and its shards enqueued."""
+        ...
 
 
 @dataclass
@@ -56,6 +79,8 @@ class Chain:
     dry_run: bool = False
     force: bool = False  # send again files whose content was already completed
     retry: Retry | None = None  # send again only the failed lines of a processed file
+    shards: Sharder | None = None  # on a worker: big files are split into shards
+    chunks: range | None = None  # a shard: only these chunks (0-based, in file order)
 
 
 @dataclass(frozen=True)
@@ -137,7 +162,9 @@ async def _process(
         stage = source.config.name
         path = await asyncio.to_thread(source.prepare, path, filedir)
         stage = chain.transform.config.name
-        stream = await asyncio.to_thread(chain.transform.read, path)
+        stream = await asyncio.to_thread(chain.transform.read, path)  # header, encoding checked
+        if _may_shard(chain) and await _split(chain, file, path, report, progress, ledger, run):
+            return  # the last shard to finish records it, moves it, writes its error file
         errors = ErrorFile(
             filedir / "errors.csv",
             stream.columns,
@@ -167,6 +194,23 @@ async def _process(
     problems = report.rows_rejected + report.rows_failed
     report.status = "partial" if problems else "success"
     await _finish(chain, file, errors, report, progress, ledger, run, failed=False)
+
+
+def _may_shard(chain: Chain) -> bool:
+    return chain.shards is not None and chain.retry is None and not chain.dry_run
+
+
+async def _split(
+    chain: Chain,
+    file: RemoteFile,
+    path: Path,
+    report: FileReport,
+    progress: Progress,
+    ledger: Ledger,
+    run: RunReport,
+) -> bool:
+    assert chain.shards is not None
+    return await chain.shards.split(chain, file, path, report, progress, ledger, run)
 
 
 def _forced_before(chain: Chain, ledger: Ledger, sha: str) -> bool:
@@ -254,7 +298,7 @@ def _plan(
     chain: Chain, stream: RowStream, progress: Progress, file_id: str
 ) -> Iterator[tuple[Chunk, pd.DataFrame, list[Request]]]:
     """Each chunk, its rows acknowledged before an interruption, and the requests for the rest."""
-    for whole in stream:
+    for whole in _chunks(chain, stream):
         chunk = whole if chain.retry is None else only_lines(whole, chain.retry.lines)
         records = chunk.records
         done = records.iloc[0:0]
@@ -263,6 +307,13 @@ def _plan(
             done, records = records[acked], records[~acked]
         requests = chain.sink.build_requests(records, chunk.source, file_id)
         yield chunk, done, list(requests)
+
+
+def _chunks(chain: Chain, stream: RowStream) -> Iterator[Chunk]:
+    """The stream's chunks, or a shard's (the others not transformed when the stream can)."""
+    if chain.chunks is None or stream.select(chain.chunks):
+        return iter(stream)
+    return itertools.islice(stream, chain.chunks.start, chain.chunks.stop)
 
 
 def only_lines(chunk: Chunk, lines: np.ndarray) -> Chunk:
@@ -329,3 +380,79 @@ def protect_output(chain: Chain, local: Path, name: str) -> tuple[Path, str]:
     for step in chain.steps:
         local, name = step.protect_output(local, name, local.parent)
     return local, name
+
+
+async def process_shard(
+    chain: Chain,
+    file: RemoteFile,
+    filedir: Path,
+    ledger: Ledger,
+    report: FileReport,
+    progress: Progress,
+) -> ErrorFile:
+    """Send one shard of a big file (`chain.chunks`): download and decrypt it into `filedir`
+    (private to this worker), check it is the content that was split (`report.sha256`), send
+    the rows of its chunks. Its error file (closed) is the shard's part of the file's."""
+    source = chain.source
+    downloaded = filedir / "download"
+    sha = await asyncio.to_thread(source.download, file, downloaded)
+    if sha != report.sha256:
+        raise FatalError(
+            f"{file.path} changed while it was sent in shards (its SHA-256 differs from the "
+            "content that was split); this shard sends nothing"
+        )
+    try:
+        path = downloaded
+        for step in chain.steps:
+            path = await asyncio.to_thread(step.apply, path, filedir)
+        path = await asyncio.to_thread(source.prepare, path, filedir)
+        stream = await asyncio.to_thread(chain.transform.read, path)
+    except FileRejected as exc:  # it was read when it was split: not the file's fault now
+        raise FatalError(f"{file.path}: a shard could not read it again: {exc}") from exc
+    try:
+        errors = ErrorFile(
+            filedir / "errors.csv",
+            stream.columns,
+            chain.transform.delimiter,
+            neutralize_formulas=source.neutralize_formulas,
+            all_rows=source.result_file == "all",
+        )
+        try:
+            await _send_rows(chain, stream, errors, report, progress, ledger)
+        finally:
+            errors.close()
+    finally:
+        stream.close()
+    return errors
+
+
+async def leased(ledger: Ledger, lease: Lease, ttl: float, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` while renewing `lease` every third of `ttl`. When a renewal is refused
+    (`LeaseLost`: another worker took the file over) or fails, `work` is cancelled (nothing
+    more is written for the file here) and that error is raised."""
+    task = asyncio.ensure_future(work)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            ledger.heartbeat(lease, ttl)
+
+    beating = asyncio.ensure_future(beat())
+    try:
+        await asyncio.wait({task, beating}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        beating.cancel()
+        raise
+    if task.done():
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    error = beating.exception()
+    assert error is not None
+    log.error("%s: stopped: %s", lease.name, error)
+    raise error

@@ -6,6 +6,12 @@ source will not let us read (`FileSkipped`) is reported as a failure, left where
 the next files go on. An unexpected exception is reported in one line (its traceback goes to
 the debug log), never as a traceback.
 
+Each file is claimed as a lease (`dataflow.lease`) and renewed while it is processed; a file
+another worker holds is skipped, a file whose lease was taken over stops (`LeaseLost`) and the
+run goes on. On a worker (`shards=`), a big file is split into shards sent by the workers
+(`dataflow.shards`); while a dataflow's shards run, its runs are skipped (the shards have its
+rate limit).
+
 `run(..., force=True)` also sends files whose content was already completed (a new send, see
 `dataflow.pipeline`); `retry` sends again the rows the API failed in one processed lineage,
 taking the original from where that run moved it.
@@ -27,14 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from dataflow import logs, metrics
+from dataflow import logs, metrics, shards
 from dataflow.alerts import alert_run
 from dataflow.block import Block, FileStep, RemoteFile, RunContext, Sink, Source, Transform
 from dataflow.config import Dataflow
 from dataflow.errorfile import local_write_error
 from dataflow.errors import FatalError, FileSkipped, StateError
+from dataflow.lease import Lease, LeaseLost, lease_seconds, worker_name
 from dataflow.ledger import Ledger, RetryRefused
-from dataflow.pipeline import Chain, Retry, process_file
+from dataflow.pipeline import IN_PROGRESS, Chain, Retry, Sharder, leased, process_file
 from dataflow.redact import redact
 from dataflow.report import FileReport, RunReport
 
@@ -52,6 +59,7 @@ class Mode:
     dry_run: bool = False
     force: bool = False  # also files whose content was already completed (a new send)
     retry_of: str | None = None  # only the processed file of this lineage, its failed rows
+    shards: Sharder | None = None  # on a worker: big files are sent in shards (dataflow.shards)
 
 
 class NothingToRetry(RetryRefused):
@@ -64,9 +72,11 @@ def run(
     dry_run: bool = False,
     force: bool = False,
     ledger: Ledger | None = None,
+    shards: Sharder | None = None,
 ) -> RunReport:
-    """Process every matching file now. Never raises for a run-time problem: see the report."""
-    return _start(dataflow, Mode(dry_run=dry_run, force=force), ledger)
+    """Process every matching file now. Never raises for a run-time problem: see the report.
+    With `shards` (a worker's), a file above its threshold is split into shards."""
+    return _start(dataflow, Mode(dry_run=dry_run, force=force, shards=shards), ledger)
 
 
 def retry(dataflow: Dataflow, lineage_id: str, *, ledger: Ledger | None = None) -> RunReport:
@@ -105,6 +115,8 @@ def _run_logged(
                 report.finished_at = now_iso()
                 report.settle()
                 return report
+            if _sharded_elsewhere(dataflow, report, ledger, mode):
+                return report
             _run_locked(dataflow, report, ledger, mode)
         alert_run(dataflow, report, ledger)  # outside the lock: a slow receiver holds up no run
     except StateError as exc:
@@ -115,6 +127,30 @@ def _run_logged(
             with contextlib.suppress(StateError):
                 ledger.close()
     return report
+
+
+def _sharded_elsewhere(dataflow: Dataflow, report: RunReport, ledger: Ledger, mode: Mode) -> bool:
+    """While workers send a big file of this dataflow in shards they have its rate limit:
+    the run is skipped (on a worker, the shards nobody is sending are enqueued again)."""
+    if mode.dry_run:
+        return False
+    sets = shards.active(ledger, dataflow.name)
+    if not sets:
+        return False
+    names = ", ".join(
+        f"{one['name']} ({len(one['pending'])} of {one['shards']} shards left)" for one in sets
+    )
+    report.skipped = True
+    report.reason = (
+        f"workers are sending {names} in shards with this dataflow's rate limit; nothing done, "
+        "the other files wait for the next run after it"
+    )
+    log.warning("%s", report.reason)
+    if isinstance(mode.shards, shards.Sharder):
+        shards.enqueue_orphans(ledger, dataflow.name, sets, mode.shards)
+    report.finished_at = now_iso()
+    report.settle()
+    return True
 
 
 def _stopped_before_start(report: RunReport, exc: FatalError) -> RunReport:
@@ -156,6 +192,7 @@ def _run_locked(dataflow: Dataflow, report: RunReport, ledger: Ledger, mode: Mod
 
 
 WORKDIR_PREFIX = "dataflow-"
+TTL = lease_seconds  # the file lease's time to live (DATAFLOW_LEASE_SECONDS, default 60 s)
 
 
 def remove_stale_workdirs() -> None:
@@ -245,18 +282,34 @@ async def _run(
             dry_run=dry_run,
             force=mode.force,
             retry=None if target is None else target.retry,
+            shards=mode.shards,
         )
-        for file in files:
+        owner = worker_name(report.run_id)
+        for number, file in enumerate(files):
             current = FileReport(name=file.name, lineage_id=str(uuid.uuid4()), size=file.size)
             current.retry_of = mode.retry_of
+            lease = None if dry_run else _claim(ledger, chain.dataflow, file.name, owner)
+            if lease is None and not dry_run:
+                log.warning(
+                    "%s: skipped in this run: another worker holds its lease and is processing "
+                    "it (not an error; it finishes the file)",
+                    file.name,
+                )
+                continue
             try:
-                await _process_one(chain, file, workdir, ledger, report, current)
+                await _process_leased(chain, file, workdir, ledger, report, current, lease)
             except FileSkipped as exc:
                 current.status = "failure"
                 current.reason = f"skipped: {redact(str(exc))}"
                 log.warning("%s: %s; going on with the next file", file.name, current.reason)
                 report.files.append(current)
                 _record(ledger, report, current, dry_run)
+                continue
+            except LeaseLost as exc:  # another worker has the file: nothing more written
+                current.status = "failure"
+                current.reason = redact(str(exc))
+                log.error("%s: %s", file.name, current.reason)
+                report.files.append(current)
                 continue
             except FatalError as exc:
                 current.status = "failure"
@@ -265,7 +318,19 @@ async def _run(
                 if not isinstance(exc, StateError):
                     _record(ledger, report, current, dry_run)
                 raise
+            finally:
+                if lease is not None:
+                    with contextlib.suppress(StateError):
+                        ledger.release(lease)  # finished or handed back: free at once
             report.files.append(current)  # the pipeline recorded it in the ledger
+            if current.status == IN_PROGRESS and number + 1 < len(files):
+                log.info(
+                    "%s: sent in shards by the workers; the %d other file(s) wait for the next "
+                    "run (the shards have the dataflow's rate limit)",
+                    file.name,
+                    len(files) - number - 1,
+                )
+                break
             log.info(
                 "%s: %s (%d rows: %d accepted, %d rejected, %d failed)",
                 file.name,
@@ -291,6 +356,31 @@ async def _run(
         for block in reversed(opened):
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(block.close)
+
+
+def _claim(ledger: Ledger, dataflow: str, name: str, owner: str) -> Lease | None:
+    """The file's lease. On SQLite (one machine) this run holds the dataflow's flock, which
+    the kernel frees only when its holder is gone: a lease left live by a killed run is taken
+    over at once. On PostgreSQL a live lease of another worker means it may still be working
+    (a lost connection frees the advisory lock of a worker that is only cut off)."""
+    return ledger.claim_file(dataflow, name, owner, TTL(), steal=not ledger.postgres)
+
+
+async def _process_leased(
+    chain: Chain,
+    file: RemoteFile,
+    workdir: Path,
+    ledger: Ledger,
+    run: RunReport,
+    current: FileReport,
+    lease: Lease | None,
+) -> None:
+    """_process_one while the file's lease is renewed (none in a dry run)."""
+    work = _process_one(chain, file, workdir, ledger, run, current)
+    if lease is None:
+        await work
+        return
+    await leased(ledger, lease, TTL(), work)
 
 
 async def _process_one(

@@ -3,6 +3,11 @@ that lost its lease writes nothing, the one that took over goes on from the chec
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +18,7 @@ from dataflow.ledger import Ledger
 from dataflow.report import FileReport, RunReport
 from dataflow.rows import RecordResult
 
+from .conftest import Bed, wait_until
 from .pgkit import Open, open_ledger, pg_url, postgres
 
 __all__ = ["open_ledger", "pg_url", "postgres"]  # fixtures
@@ -111,3 +117,54 @@ def test_one_of_many_concurrent_claimants_wins(open_ledger: Open) -> None:
     for t in threads:
         t.join()
     assert failed == [] and len(won) == 1
+
+
+def test_a_run_paused_past_its_lease_loses_the_file_and_writes_nothing(
+    bed: Bed, pg_url: str
+) -> None:
+    """A real `dataflow run` on PostgreSQL, stopped (SIGSTOP) past its lease while requests
+    are in flight: another ledger takes the file over; the resumed run's late answers and
+    heartbeat are refused, it records and moves nothing and says why."""
+    config = bed.config(name="flow-paused", decrypt={"enabled": False}, sink={"concurrency": 1})
+    rows = "".join(f"BADGE-GOLD,{9001 + i},16/11/2026 09:30,1798761600\n" for i in range(30))
+    bed.sftp.put("inbox/badges_paused.csv", f"{HEADER}{rows}".encode())
+    bed.api.configure(latency_ms=400)
+    env = {"DATAFLOW_STATE_URL": pg_url, "DATAFLOW_LEASE_SECONDS": "1.5"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dataflow", "run", str(config), "--json"],
+        env={**os.environ, **bed.env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    other = Ledger(url=pg_url)
+    try:
+        wait_until(lambda: len(bed.api.requests()) >= 2, 60)
+        proc.send_signal(signal.SIGSTOP)  # paused with a request in flight
+        time.sleep(2.5)  # past its lease
+        taken = other.claim_file("flow-paused", "badges_paused.csv", "worker-2", 30)
+        assert taken is not None and taken.fence == 2
+        before = ack_rows(other)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        bed.api.configure(latency_ms=0)
+    report = json.loads(out)
+    (file,) = report["files"]
+    assert file["status"] == "failure", err
+    assert "taken over by another worker" in file["reason"]
+    assert "Traceback" not in err
+    assert ack_rows(other) == before  # its late answers changed nothing
+    assert other.select("SELECT * FROM files") == []  # nor recorded the file
+    assert bed.sftp.files("inbox") == ["badges_paused.csv"]  # nor moved it
+    other.heartbeat(taken, 30)  # the new holder's lease is intact
+    other.close()
+
+
+def ack_rows(ledger: Ledger) -> int:
+    return int(ledger.select("SELECT COUNT(*) AS n FROM acks")[0]["n"])
+
+
+HEADER = "badge_id,customer_id,event_date,expires_at\n"

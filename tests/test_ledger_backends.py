@@ -208,14 +208,16 @@ def test_upgrade_is_idempotent_and_a_ledger_refuses_a_database_without_it(
         listed = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         tables = {r[0] for r in listed}
         assert tables == {t.name for t in db.METADATA.sorted_tables}
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        version = conn.execute("SELECT version FROM schema_version").fetchall()
+        assert version == [(db.SCHEMA_VERSION,)]
     Ledger(url=url).close()
 
 
 def test_db_upgrade_command(postgres: Postgres, tmp_path: Path) -> None:
     url = postgres.database()
     env = {"DATAFLOW_STATE_URL": url, "DATAFLOW_STATE_DIR": str(tmp_path)}
-    for expected in ("upgraded from 0 to schema 1", "already at schema 1"):
+    now = db.SCHEMA_VERSION
+    for expected in (f"upgraded from 0 to schema {now}", f"already at schema {now}"):
         result = cli(["db", "upgrade"], env)
         assert result.returncode == 0, result.stderr
         assert expected in result.stderr and postgres.password not in result.stderr

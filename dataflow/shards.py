@@ -1,0 +1,489 @@
+"""Big files sent in shards by several workers (Celery executor only; see docs/scale-out.md).
+
+On a worker, a file whose decrypted plaintext has more than ``DATAFLOW_SHARD_ROWS`` lines
+(default 1,000,000) is split by the run that downloaded it into shards: ranges of the
+parser's chunks (`dataflow.csvchunks`, ``chunk_bytes`` each; deterministic for a file), one
+row per shard in the ``shards`` table, one Celery task (``dataflow.shard``) per shard. The
+run records the file as ``in_progress`` and returns: no worker thread waits for shards.
+
+Each shard task claims its own lease (``<name>/shard<n>``, fenced like a file's), downloads
+and decrypts the file into its own private directory, checks its SHA-256, parses every chunk
+(line numbers stay the file's) and transforms and sends only its own. Its bulk requestIds
+are those one worker would send (they derive from the send key and each chunk's lines), its
+acknowledgements go to the file's checkpoint, and it sends at ``rate.limit / shards``, so
+the shards together never exceed the dataflow's limit (runs of the dataflow are skipped
+while a shard set is in progress, see `active`). A finished shard stores its counts, error
+rows and failures in its row; the one that finds every other shard done (decided in one
+transaction, the set's row locked) assembles the error file in shard (line) order, uploads
+it, moves the original and records the file once in the run that split it, with the summed
+counts. A killed shard's task comes back (acks late) or is enqueued again by the next run of
+the dataflow and resumes from the checkpoint; a finished shard delivered again does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from dataflow import lease as leases
+from dataflow import logs, metrics
+from dataflow.alerts import alert_run
+from dataflow.block import Block, FileStep, RemoteFile, RunContext, Sink, Source, Transform
+from dataflow.checkpoint import Progress
+from dataflow.config import Dataflow
+from dataflow.errorfile import ErrorFile, error_file_name, timestamp
+from dataflow.errors import FatalError
+from dataflow.lease import Lease, lease_seconds, worker_name
+from dataflow.ledger import Ledger
+from dataflow.pipeline import IN_PROGRESS, Chain, leased, process_shard, protect_output
+from dataflow.report import FileReport, RunReport
+
+log = logging.getLogger(__name__)
+
+SHARD_ENV = "DATAFLOW_SHARD_ROWS"
+SHARD_DEFAULT = 1_000_000
+HEADER_READ = 1 << 16  # what dataflow.csvchunks reads with the header (its first chunk)
+COUNTS = ("total", "filtered", "rejected", "sent", "succeeded", "failed")
+Enqueue = Callable[[str, str, str, int], None]  # (dataflow file, dataflow, send key, shard)
+
+
+def shard_rows() -> int:
+    """Rows above which a file is sent in shards (``DATAFLOW_SHARD_ROWS``)."""
+    text = os.environ.get(SHARD_ENV, "")
+    try:
+        value = int(text) if text else SHARD_DEFAULT
+    except ValueError as exc:
+        raise FatalError(f"{SHARD_ENV} must be a number of rows, not {text!r}") from exc
+    if value < 1:
+        raise FatalError(f"{SHARD_ENV} must be at least 1, not {value}")
+    return value
+
+
+def count_lines(path: Path) -> int:
+    """Newlines in the file (a cheap row count for the threshold)."""
+    lines = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            lines += block.count(b"\n")
+    return lines
+
+
+def plan(rows: int, size: int, chunk_bytes: int, threshold: int, limit: int) -> list[range]:
+    """The shards' chunk ranges (the last open-ended); [] when the file is sent whole."""
+    # an estimate (the last shard takes whatever is left): the parser's first chunk also
+    # holds what it read ahead with the header
+    chunks = max(0, size - HEADER_READ) // chunk_bytes + 1
+    count = min(math.ceil(rows / threshold), chunks, limit)
+    if rows <= threshold or count < 2:
+        return []
+    per = math.ceil(chunks / count)
+    return [range(i * per, (i + 1) * per if i < count - 1 else sys.maxsize) for i in range(count)]
+
+
+def _rate_limit(chain: Chain) -> int:
+    rate = getattr(chain.sink.config, "rate", None)
+    return int(getattr(rate, "limit", sys.maxsize))
+
+
+@dataclass
+class Sharder:
+    """`dataflow.pipeline.Sharder` on a worker: `enqueue` puts a shard task on the queue."""
+
+    enqueue: Enqueue
+    config_path: str
+    threshold: int
+
+    async def split(
+        self,
+        chain: Chain,
+        file: RemoteFile,
+        path: Path,
+        report: FileReport,
+        progress: Progress,
+        ledger: Ledger,
+        run: RunReport,
+    ) -> bool:
+        if getattr(chain.transform.config, "duplicates", None) == "reject":
+            return False  # a repeat is found across the whole file: one worker reads it
+        rows = max(0, await asyncio.to_thread(count_lines, path) - 1)
+        # field_mapping's chunks (its default depends on the template: FieldMapping.chunk_bytes)
+        chunk_bytes = int(getattr(chain.transform, "chunk_bytes", None) or 4 << 20)
+        ranges = plan(rows, path.stat().st_size, chunk_bytes, self.threshold, _rate_limit(chain))
+        if not ranges:
+            return False
+        report.status = IN_PROGRESS
+        report.reason = (
+            f"about {rows} rows (above {SHARD_ENV} {self.threshold}): sent in {len(ranges)} "
+            "shards by the workers; its counts, error file and move come when the last finishes"
+        )
+        record_split(ledger, chain, file, report, progress, run, self.config_path, ranges)
+        for number in range(len(ranges)):
+            self.enqueue(self.config_path, chain.dataflow, progress.key, number)
+        log.info("%s: %s", file.name, report.reason)
+        return True
+
+
+def record_split(
+    ledger: Ledger,
+    chain: Chain,
+    file: RemoteFile,
+    report: FileReport,
+    progress: Progress,
+    run: RunReport,
+    config_path: str,
+    ranges: list[range],
+) -> None:
+    """The set, its shards and the file (in progress) in one transaction (the file's fence)."""
+    key = progress.key
+    with ledger.transaction(chain.dataflow) as db:
+        for table in ("shards", "shard_sets"):
+            db.execute(
+                f"DELETE FROM {table} WHERE dataflow = ? AND send_key = ?", (chain.dataflow, key)
+            )
+        db.execute(
+            "INSERT INTO shard_sets (dataflow, send_key, name, path, size, mtime, ok_path, "
+            "sha256, send_no, run_id, lineage_id, config_path, shards, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+            (
+                chain.dataflow, key, file.name, file.path, file.size, file.mtime, file.ok_path,
+                report.sha256, progress.send_no, run.run_id, report.lineage_id, config_path,
+                len(ranges),
+            ),
+        )  # fmt: skip
+        for number, chunks in enumerate(ranges):
+            end = None if chunks.stop == sys.maxsize else chunks.stop
+            db.execute(
+                "INSERT INTO shards (dataflow, send_key, shard_no, chunk_from, chunk_to, state) "
+                "VALUES (?, ?, ?, ?, ?, 'pending')",
+                (chain.dataflow, key, number, chunks.start, end),
+            )
+        ledger.record_file(run, report)
+
+
+def active(ledger: Ledger, dataflow: str) -> list[dict[str, Any]]:
+    """The shard sets of `dataflow` still in progress, with their pending shards."""
+    sets = ledger.select(
+        "SELECT * FROM shard_sets WHERE dataflow = ? AND state = 'running'", (dataflow,)
+    )
+    for one in sets:
+        one["pending"] = [
+            int(r["shard_no"])
+            for r in ledger.select(
+                "SELECT shard_no FROM shards WHERE dataflow = ? AND send_key = ? AND "
+                "state = 'pending' ORDER BY shard_no",
+                (dataflow, one["send_key"]),
+            )
+        ]
+    return sets
+
+
+def enqueue_orphans(
+    ledger: Ledger, dataflow: str, sets: list[dict[str, Any]], sharder: Sharder
+) -> None:
+    """Enqueue again the pending shards no worker holds (their task was lost: the run that
+    split the file was killed before enqueuing, the broker lost it). A shard delivered twice
+    is sent once: the second delivery finds it held or done."""
+    for one in sets:
+        for number in one["pending"]:
+            name = lease_name(str(one["name"]), number)
+            if not leases.live(ledger.store, dataflow, name):
+                log.info("%s: shard %d has no worker: enqueued again", one["name"], number)
+                sharder.enqueue(str(one["config_path"]), dataflow, str(one["send_key"]), number)
+
+
+def lease_name(name: str, number: int) -> str:
+    """A shard's lease ("/" is in no file name: never a file's own lease)."""
+    return f"{name}/shard{number}"
+
+
+def run_shard(path: str, dataflow_name: str, key: str, number: int) -> str:
+    """The task of one shard, on a worker: what it did, in a word."""
+    from dataflow.config import load_dataflow
+
+    dataflow = load_dataflow(path)
+    ledger = Ledger()
+    try:
+        rows = ledger.select(
+            "SELECT * FROM shard_sets WHERE dataflow = ? AND send_key = ?", (dataflow_name, key)
+        )
+        if not rows or rows[0]["state"] != "running":
+            log.info("%s: shard %d: its file is finished; nothing to do", dataflow_name, number)
+            return "finished"
+        one = rows[0]
+        with logs.context(dataflow=dataflow.name, run_id=one["run_id"]):
+            return asyncio.run(_shard(dataflow, ledger, one, number))
+    finally:
+        metrics.flush(ledger)  # the API request counts of this shard (never raises)
+        with contextlib.suppress(FatalError):
+            ledger.close()
+
+
+async def _shard(dataflow: Dataflow, ledger: Ledger, one: dict[str, Any], number: int) -> str:
+    ttl = lease_seconds()
+    owner = worker_name(str(one["run_id"]))
+    lease = ledger.claim_file(dataflow.name, lease_name(one["name"], number), owner, ttl)
+    if lease is None:
+        log.info("%s: shard %d is being sent by another worker", one["name"], number)
+        return "held"
+    try:
+        return await leased(ledger, lease, ttl, _shard_leased(dataflow, ledger, one, number, lease))
+    finally:
+        with contextlib.suppress(FatalError):
+            ledger.release(lease)
+
+
+async def _shard_leased(
+    dataflow: Dataflow, ledger: Ledger, one: dict[str, Any], number: int, lease: Lease
+) -> str:
+    key = str(one["send_key"])
+    (row,) = ledger.select(
+        "SELECT * FROM shards WHERE dataflow = ? AND send_key = ? AND shard_no = ?",
+        (dataflow.name, key, number),
+    )
+    workdir = Path(tempfile.mkdtemp(prefix=f"dataflow-{os.getpid()}-shard-"))  # mode 700
+    blocks: list[Block] = []
+    try:
+        chunks = range(int(row["chunk_from"]), int(row["chunk_to"] or sys.maxsize))
+        chain, blocks = await _open_chain(dataflow, workdir, chunks, int(one["shards"]))
+        file = RemoteFile(
+            str(one["path"]), str(one["name"]), int(one["size"] or 0), int(one["mtime"] or 0),
+            one["ok_path"],
+        )  # fmt: skip
+        last = False
+        if row["state"] == "pending":
+            last = await _send_shard(chain, file, workdir, ledger, one, number, lease)
+        elif _all_done(ledger, dataflow.name, key):  # the finishing was interrupted
+            last = True
+        if last:
+            await _finish_set(dataflow, chain, file, workdir, ledger, one)
+            return "finished the file"
+        return "sent"
+    finally:
+        for block in reversed(blocks):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(block.close)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _divided(config: BaseModel, shards: int) -> BaseModel:
+    """A sink's settings with its rate limit divided among the shards sending at once."""
+    rate = getattr(config, "rate", None)
+    if not isinstance(rate, BaseModel) or not isinstance(getattr(rate, "limit", None), int):
+        return config
+    limit = max(1, int(getattr(rate, "limit")) // shards)  # noqa: B009 - typed as BaseModel
+    return config.model_copy(update={"rate": rate.model_copy(update={"limit": limit})})
+
+
+async def _open_chain(
+    dataflow: Dataflow, workdir: Path, chunks: range, shards: int
+) -> tuple[Chain, list[Block]]:
+    context = RunContext(
+        dataflow=dataflow.name,
+        template=dataflow.template,
+        workdir=workdir,
+        base_dir=dataflow.path.resolve().parent,
+    )
+    blocks: list[Block] = []
+    for spec in dataflow.blocks:
+        config = _divided(spec.config, shards) if issubclass(spec.cls, Sink) else spec.config
+        blocks.append(spec.cls(config, context))
+    opened: list[Block] = []
+    try:
+        for block in blocks:
+            opened.append(block)
+            await asyncio.to_thread(block.open)
+    except BaseException:
+        for block in reversed(opened):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(block.close)
+        raise
+    chain = Chain(
+        dataflow=dataflow.name,
+        template=dataflow.template,
+        source=next(b for b in blocks if isinstance(b, Source)),
+        steps=[b for b in blocks if isinstance(b, FileStep)],
+        transform=next(b for b in blocks if isinstance(b, Transform)),
+        sink=next(b for b in blocks if isinstance(b, Sink)),
+        chunks=chunks,
+    )
+    return chain, opened
+
+
+async def _send_shard(
+    chain: Chain,
+    file: RemoteFile,
+    workdir: Path,
+    ledger: Ledger,
+    one: dict[str, Any],
+    number: int,
+    lease: Lease,
+) -> bool:
+    """Send the shard's rows and record it done; True when it was the last one."""
+    report = FileReport(str(one["name"]), str(one["lineage_id"]), size=int(one["size"] or 0))
+    report.sha256, report.send_no = str(one["sha256"]), int(one["send_no"])
+    progress = ledger.checkpoints(chain.dataflow).open(report.sha256, report.name, report.send_no)
+    assert chain.chunks is not None
+    log.info(
+        "%s: shard %d of %d (chunks %d..%s) on %s",
+        file.name,
+        number,
+        int(one["shards"]),
+        chain.chunks.start,
+        "end" if chain.chunks.stop == sys.maxsize else chain.chunks.stop - 1,
+        lease.owner,
+    )
+    filedir = Path(tempfile.mkdtemp(prefix="file-", dir=workdir))
+    with logs.context(lineage_id=report.lineage_id):
+        errors = await process_shard(chain, file, filedir, ledger, report, progress)
+        body = errors.path.read_bytes() if errors.rows else b""
+        failed = [[line, code, message] for line, (code, message) in progress.failed.items()]
+        with ledger.transaction(chain.dataflow) as db:
+            lock = " FOR UPDATE" if db.postgres else ""  # the finishers, one after the other
+            db.execute(
+                "SELECT state FROM shard_sets WHERE dataflow = ? AND send_key = ?" + lock,
+                (chain.dataflow, progress.key),
+            )
+            db.execute(
+                "UPDATE shards SET state = 'done', rows_total = ?, rows_filtered = ?, "
+                "rows_rejected = ?, rows_sent = ?, rows_succeeded = ?, rows_failed = ?, "
+                "error_rows = ?, errors = ?, summary = ?, failed = ?, owner = ? "
+                "WHERE dataflow = ? AND send_key = ? AND shard_no = ? AND state = 'pending'",
+                (
+                    *(getattr(report, f"rows_{n}") for n in COUNTS), errors.rows, body,
+                    json.dumps(errors.summary()), json.dumps(failed), lease.owner,
+                    chain.dataflow, progress.key, number,
+                ),
+            )  # fmt: skip
+            last = _all_done(ledger, chain.dataflow, progress.key)
+    log.info(
+        "%s: shard %d sent %d rows: %d accepted, %d failed, %d rejected%s",
+        file.name,
+        number,
+        report.rows_sent,
+        report.rows_succeeded,
+        report.rows_failed,
+        report.rows_rejected,
+        "; the last one: it finishes the file" if last else "",
+    )
+    return last
+
+
+def _all_done(ledger: Ledger, dataflow: str, key: str) -> bool:
+    (row,) = ledger.store.execute(
+        "SELECT COUNT(*) FROM shards WHERE dataflow = ? AND send_key = ? AND state != 'done'",
+        (dataflow, key),
+    ).fetchall()
+    return int(row[0]) == 0
+
+
+def _without_header(text: str, delimiter: str) -> str:
+    """An error file's rows without its header (a CSV record, perhaps over several lines)."""
+    lines = io.StringIO(text, newline="").readlines()
+    reader = csv.reader(iter(lines), delimiter=delimiter)
+    next(reader, None)
+    return "".join(lines[reader.line_num :])
+
+
+async def _finish_set(
+    dataflow: Dataflow,
+    chain: Chain,
+    file: RemoteFile,
+    workdir: Path,
+    ledger: Ledger,
+    one: dict[str, Any],
+) -> None:
+    """The last shard: one error file from all shards, the original moved, the file recorded
+    once in the run that split it. Each step is recorded, so an interrupted finish resumes."""
+    key = str(one["send_key"])
+    shards = ledger.select(
+        "SELECT * FROM shards WHERE dataflow = ? AND send_key = ? ORDER BY shard_no",
+        (chain.dataflow, key),
+    )
+    report = FileReport(str(one["name"]), str(one["lineage_id"]), size=int(one["size"] or 0))
+    report.sha256, report.send_no = str(one["sha256"]), int(one["send_no"])
+    for name in COUNTS:
+        setattr(report, f"rows_{name}", sum(int(s[f"rows_{name}"] or 0) for s in shards))
+    errors = ErrorFile(workdir / "errors.csv", [], chain.transform.delimiter)
+    kinds: Counter[tuple[str, str, str]] = Counter()
+    failed: dict[int, tuple[str, str]] = {}
+    with errors.path.open("w", encoding="utf-8", newline="") as out:
+        for shard in shards:
+            text = bytes(shard["errors"] or b"").decode("utf-8")
+            if text:
+                out.write(text if not errors.rows else _without_header(text, errors.delimiter))
+                errors.rows += int(shard["error_rows"] or 0)
+            for stage, code, message, count in json.loads(shard["summary"] or "[]"):
+                kinds[(stage, code, message)] += int(count)
+            for line, code, message in json.loads(shard["failed"] or "[]"):
+                failed[int(line)] = (code, message)
+    errors.kinds = kinds
+    checkpoints = ledger.checkpoints(chain.dataflow)
+    progress = checkpoints.open(report.sha256, report.name, report.send_no)
+    if errors.rows:
+        if progress.error_path:
+            report.error_file = progress.error_path  # uploaded before an interruption
+        else:
+            name = progress.error_name or error_file_name(file.name, timestamp())
+            if progress.error_name is None:
+                checkpoints.error_file(key, name=name)
+            local, name = await asyncio.to_thread(protect_output, chain, errors.path, name)
+            report.error_file = await asyncio.to_thread(chain.source.upload_error_file, local, name)
+            checkpoints.error_file(key, path=report.error_file)
+    if one["processed_path"]:
+        report.processed_path = str(one["processed_path"])  # moved before an interruption
+    else:
+        report.processed_path = await asyncio.to_thread(chain.source.move_original, file, False)
+        with ledger.transaction(chain.dataflow) as db:
+            db.execute(
+                "UPDATE shard_sets SET processed_path = ? WHERE dataflow = ? AND send_key = ?",
+                (report.processed_path, chain.dataflow, key),
+            )
+    report.status = "partial" if report.rows_rejected + report.rows_failed else "success"
+    run = RunReport(chain.dataflow, str(one["run_id"]), "")
+    with ledger.transaction(chain.dataflow) as db:
+        ledger.finish_file(run, report, errors.summary(), failed)
+        db.execute(
+            "UPDATE shard_sets SET state = 'finished' WHERE dataflow = ? AND send_key = ?",
+            (chain.dataflow, key),
+        )
+        ledger.refresh_run(run.run_id)
+    log.info(
+        "%s: finished from %d shards: %s (%d rows: %d accepted, %d rejected, %d failed); moved "
+        "to %s",
+        file.name,
+        len(shards),
+        report.status,
+        report.rows_total,
+        report.rows_succeeded,
+        report.rows_rejected,
+        report.rows_failed,
+        report.processed_path,
+    )
+    _alert(dataflow, ledger, run, report)
+
+
+def _alert(dataflow: Dataflow, ledger: Ledger, run: RunReport, report: FileReport) -> None:
+    """The alerts of the run that split the file, for this file, now that it is finished."""
+    rows = ledger.select("SELECT started_at, finished_at FROM runs WHERE run_id = ?", (run.run_id,))
+    if rows:
+        run.started_at = str(rows[0]["started_at"])
+        run.finished_at = str(rows[0]["finished_at"] or "")
+    run.files = [report]
+    run.settle()
+    alert_run(dataflow, run, ledger)
