@@ -1,9 +1,9 @@
 """An embedded sandbox of real parts: OpenSSH sftp server, the API emulator, PGP keys.
 
 Used by ``dataflow-sandbox demo`` (README) and by the test suite's fixtures. Everything runs
-on 127.0.0.1 on free ports. The SFTP server is a real ``sshd`` with a throwaway host key and
-a chrooted user with password and key auth; creating that user needs root (as on CI and in
-the dev container).
+on 127.0.0.1 (or a given ``host``) on free ports. The SFTP server is a real ``sshd`` with a
+throwaway host key and a chrooted user with password and key auth; creating that user needs
+root (as on CI and in the dev container).
 """
 
 from __future__ import annotations
@@ -29,23 +29,26 @@ SSHD = "/usr/sbin/sshd"
 SFTP_DIRS = ("inbox", "processed", "errors")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
 def wait_for_port(
-    port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None
+    port: int,
+    timeout: float = 15.0,
+    proc: subprocess.Popen[Any] | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited early with code {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.5):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
 def _terminate(proc: subprocess.Popen[Any] | None) -> None:
@@ -56,9 +59,10 @@ def _terminate(proc: subprocess.Popen[Any] | None) -> None:
 
 
 class SftpServer:
-    """A real OpenSSH sshd serving SFTP to one chrooted user."""
+    """A real OpenSSH sshd serving SFTP to one chrooted user, on `host` (127.0.0.1 unless
+    told: tests/clusterkit.py serves hosts in other network namespaces)."""
 
-    def __init__(self, base: Path | None = None) -> None:
+    def __init__(self, base: Path | None = None, host: str = "127.0.0.1") -> None:
         if os.geteuid() != 0:
             raise RuntimeError("the SFTP sandbox creates a system user and a chroot: run as root")
         if not Path(SSHD).exists():
@@ -66,7 +70,8 @@ class SftpServer:
         self.dir = Path(tempfile.mkdtemp(prefix="sftp-", dir=_root_owned_base(base)))
         self.dir.chmod(0o755)
         self.root = self.dir / "root"  # the chroot: root-owned, 755
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self.user = f"{SFTP_USER}{self.port}"  # one user per server: parallel runs coexist
         self.password = secrets.token_urlsafe(12)
         self.known_hosts = self.dir / "known_hosts"
@@ -86,10 +91,10 @@ class SftpServer:
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True
         )
         public = self.host_key.with_suffix(".pub").read_text().split()
-        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {public[0]} {public[1]}\n")
+        self.known_hosts.write_text(f"[{self.host}]:{self.port} {public[0]} {public[1]}\n")
         config = self.dir / "sshd_config"
         config.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+            f"Port {self.port}\nListenAddress {self.host}\nHostKey {self.host_key}\n"
             f"PidFile {self.dir}/sshd.pid\nAuthorizedKeysFile {self.dir}/keys/%u\n"
             "PasswordAuthentication yes\nKbdInteractiveAuthentication no\nUsePAM no\n"
             "StrictModes no\nSubsystem sftp internal-sftp\n"
@@ -104,7 +109,7 @@ class SftpServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.port, proc=self.proc, host=self.host)
         return self
 
     def authorize_key(self, public_key_line: str) -> None:
@@ -161,17 +166,20 @@ def _ensure_user(user: str, password: str) -> None:
 
 
 class Emulator:
-    """The Capillary API emulator in a subprocess, over real TCP."""
+    """The Capillary API emulator in a subprocess, over real TCP, on `host`."""
 
     def __init__(
         self,
         clients: dict[str, str] | None = None,
         basic: dict[str, str] | None = None,
         badge_metas: list[str] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.args = [sys.executable, "-m", "dataflow.emulator", "--port", str(self.port)]
+        self.args += ["--host", host]
         for key, secret in (clients or {}).items():
             self.args += ["--client", f"{key}:{secret}"]
         for user, password in (basic or {}).items():
@@ -182,7 +190,7 @@ class Emulator:
 
     def start(self) -> Emulator:
         self.proc = subprocess.Popen(self.args)
-        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.port, proc=self.proc, host=self.host)
         return self
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:

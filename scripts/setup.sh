@@ -15,6 +15,8 @@ command -v chromium >/dev/null || need+=(chromium)
 # several machines (docs/scale-out.md): the tests start their own PostgreSQL 15 and Redis
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
+# the cluster test's worker hosts are network namespaces (ip netns, veth; ss for leftovers)
+{ command -v ip && command -v ss; } >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root, or apt-get install them)" >&2

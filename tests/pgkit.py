@@ -34,7 +34,10 @@ def _as_owner(args: list[str]) -> list[str]:
 class Postgres:
     """One PostgreSQL server; `database()` gives each test its own fresh database."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen: str | None = None, clients: str | None = None) -> None:
+        """`listen`: an address to listen on besides 127.0.0.1, open to the `clients` CIDR
+        (tests/clusterkit.py: hosts in other network namespaces)."""
+        self.listen, self.clients = listen, clients
         self.dir = Path(tempfile.mkdtemp(prefix="dataflow-pg-"))
         self.data = self.dir / "data"
         self.port = free_port()
@@ -56,8 +59,12 @@ class Postgres:
         initdb += ["--auth=scram-sha-256", f"--pwfile={secret}", "--no-sync", "--no-instructions"]
         subprocess.run(_as_owner(initdb), check=True, capture_output=True)
         secret.unlink()
+        if self.clients:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.clients} scram-sha-256\n")
+        addresses = ",".join(["127.0.0.1", *([self.listen] if self.listen else [])])
         options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off "
+            f"-p {self.port} -c listen_addresses={addresses} -k {self.dir} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100"
         )
         start = [str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options]
@@ -71,8 +78,8 @@ class Postgres:
             f"dbname={database}"
         )
 
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str, host: str = "127.0.0.1") -> str:
+        return f"postgresql+psycopg://{self.user}:{self.password}@{host}:{self.port}/{database}"
 
     def database(self) -> str:
         """A new empty database; its SQLAlchemy URL."""

@@ -37,7 +37,8 @@ json | text, content_type, headers, apply}``; ``apply`` true processes the reque
 ``clients``, ``basic``, ``claims`` (``[meta, customer]`` pairs).
 Inspection: ``GET /__emulator/received`` (imported records, earned and issued badges, token
 calls' arrival times), ``GET /__emulator/requests`` (every badge API request: arrival time,
-method, path, status, records), ``POST /__emulator/reset``.
+method, path, status, records, the client's address ``peer``, its ``x-`` headers),
+``POST /__emulator/reset``.
 
 Run: ``python -m dataflow.emulator --port 8080 --client KEY:SECRET --basic USER:PASSWORD``
 (``--fast``: a benchmark mode of the import API, see `dataflow.emulator.fast`).

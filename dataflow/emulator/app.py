@@ -121,6 +121,8 @@ def create_app(state: State | None = None) -> Starlette:
                 "method": request.method,
                 "path": request.url.path,
                 "records": 0,
+                # the client's address: which host sent it (tests/test_cluster_netns.py)
+                "peer": request.client.host if request.client is not None else None,
                 # custom headers a client sent (Connect+ lets users add them); the token is not
                 "headers": {
                     k: v

@@ -67,6 +67,7 @@ def create_fast_app(state: State) -> App:
             if not message.get("more_body", False):
                 break
         entry: dict[str, Any] = {"at": time.time(), "method": "PUT", "path": IMPORT_PATH}
+        entry["peer"] = scope["client"][0] if scope.get("client") else None
         status, body, count = _import(state, authorised(scope), b"".join(parts), answer, refused)
         entry["status"], entry["records"] = status, count
         state.requests.append(entry)
