@@ -12,15 +12,18 @@ the next run sends it again. A bulk request (one with a `requestId`) is checkpoi
 not at all, so that a resumed run rebuilds it with the same rows and the same `requestId`,
 which the server recognises (809) instead of issuing twice.
 The lines the API failed are kept in `Progress.failed` for the ledger (`dataflow retry`).
+A request whose rows were all accepted comes as `Accepted` (arrays): it is counted and
+checkpointed whole, with no work per row unless a result file lists every row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -29,7 +32,7 @@ from dataflow.errorfile import ErrorFile, local_write_error
 from dataflow.errors import ApiDown
 from dataflow.faults import crash_point
 from dataflow.report import FileReport
-from dataflow.rows import STAGE_DESTINATION, Chunk, RecordResult, Request, RowError
+from dataflow.rows import STAGE_DESTINATION, Accepted, Chunk, RecordResult, Request, RowError
 
 
 @dataclass
@@ -55,40 +58,63 @@ class Accounts:
         report.rows_filtered += chunk.filtered
         report.rows_rejected += len(chunk.errors)
         report.rows_sent += len(chunk.records)
-        for error in chunk.errors:
-            self.errors.add(error, values(chunk.source, error.line_no, error.raw))
-        for line_no in done.index:  # acknowledged before an interruption
-            failure = self.progress.failures.get(int(line_no))
+        rows = rows_of(chunk.source, _lines(e.line_no for e in chunk.errors))
+        for error, row in zip(chunk.errors, rows, strict=True):
+            self.errors.add(error, None if error.raw is not None else row)  # see `values`
+        lines = done.index.to_numpy(dtype=np.int64).tolist()  # acknowledged before a stop
+        failures = self.progress.failures
+        failed = [n for n in lines if n in failures] if failures else []
+        report.rows_succeeded += len(lines) - len(failed)
+        written = lines if self.errors.all_rows else failed  # accepted rows: result file only
+        for line_no, row in zip(written, rows_of(chunk.source, _lines(written)), strict=True):
+            failure = failures.get(line_no)
             if failure is None:
-                report.rows_succeeded += 1
                 # its id came in an answer of the interrupted run: not kept, so left empty
-                self.errors.add_accepted(int(line_no), "", values(chunk.source, int(line_no), None))
+                self.errors.add_accepted(line_no, "", row)
                 continue
             code, message = failure
-            self._failed(RowError(int(line_no), STAGE_DESTINATION, message, code), chunk.source)
+            self._failed(RowError(line_no, STAGE_DESTINATION, message, code), row)
 
-    def on_result(self, request: Request, results: list[RecordResult]) -> None:
+    def on_result(self, request: Request, results: Sequence[RecordResult]) -> None:
         """One request's results: verdicts are checkpointed and counted, the rest kept."""
         self.answered += 1
+        if isinstance(results, Accepted):
+            self._accepted(request, results)
+            return
         verdicts = [r for r in results if r.final]
         self.confirmed = self.confirmed or bool(verdicts)
         whole = len(verdicts) == len(results)
         if verdicts and (whole or request.request_id is None):
             self._checkpoint(verdicts)
-        for result in results:
+        rows: list[list[object] | None] = [None] * len(results)
+        if self.errors.all_rows or not all(r.ok for r in results):  # rows to write
+            rows = rows_of(request.source, _lines(r.line_no for r in results))
+        for result, row in zip(results, rows, strict=True):
             if result.ok:
                 self.report.rows_succeeded += 1
                 if self.errors.all_rows:
-                    row = values(request.source, result.line_no, None)
                     self.errors.add_accepted(result.line_no, result.api_id, row)
                 continue
             error = RowError(result.line_no, STAGE_DESTINATION, result.message, result.status_code)
             if result.final:
-                self._failed(error, request.source)
+                self._failed(error, row)
             else:
                 # the why, without the row-level advice (the rows will be sent again)
                 self.last_unconfirmed = result.message.partition(": the outcome is unknown")[0]
-                self.unconfirmed.append((error, values(request.source, result.line_no, None)))
+                self.unconfirmed.append((error, row))
+
+    def _accepted(self, request: Request, accepted: Accepted) -> None:
+        """Every row of the request accepted: what the per-row path does, without it."""
+        if not len(accepted):
+            return
+        self.confirmed = True
+        self._checkpoint(accepted)
+        self.report.rows_succeeded += len(accepted)
+        if self.errors.all_rows:
+            lines = accepted.lines.tolist()
+            rows = rows_of(request.source, accepted.lines)
+            for position, (line_no, row) in enumerate(zip(lines, rows, strict=True)):
+                self.errors.add_accepted(line_no, accepted.api_id(position), row)
 
     def require_a_verdict(self, destination: str) -> None:
         """Stop, keeping the file, when requests came back but none with a verdict."""
@@ -124,15 +150,16 @@ class Accounts:
     def acknowledged(self) -> int:
         return self.report.rows_succeeded + self.report.rows_failed
 
-    def _checkpoint(self, verdicts: list[RecordResult]) -> None:
+    def _checkpoint(self, verdicts: Sequence[RecordResult]) -> None:
         if self.checkpoints is not None and self.progress.key:
             self.checkpoints.ack(self.progress.key, verdicts)
             crash_point("acked")
 
-    def _failed(self, error: RowError, source: pd.DataFrame) -> None:
+    def _failed(self, error: RowError, row: list[object] | None) -> None:
+        """A final failure from the API; `row`: its source values (`values`)."""
         self.report.rows_failed += 1
         self.progress.failed[error.line_no] = (error.status_code, error.message)
-        self.errors.add(error, values(source, error.line_no, error.raw))
+        self.errors.add(error, row)
 
 
 SETTLE_BATCH = 1000  # rows per checkpoint transaction when unconfirmed rows are settled
@@ -177,6 +204,23 @@ class Spool:
             self._fh = None
         self.path.unlink(missing_ok=True)
         self.count = 0
+
+
+def _lines(line_nos: Iterable[int]) -> np.ndarray:
+    return np.fromiter(line_nos, dtype=np.int64)
+
+
+def rows_of(source: pd.DataFrame, lines: np.ndarray) -> list[list[object] | None]:
+    """`values` of many lines at once (none for a line not in `source`), in one lookup."""
+    if not len(lines):
+        return []
+    positions = source.index.get_indexer(pd.Index(lines))
+    found = positions >= 0
+    block: list[list[object]] = source.iloc[positions[found]].to_numpy(object).tolist()
+    if found.all():
+        return [*block]
+    taken = iter(block)
+    return [next(taken) if inside else None for inside in found.tolist()]
 
 
 def values(source: pd.DataFrame, line_no: int, raw: str | None) -> list[object] | None:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from dataflow.rows import RecordResult
+from dataflow.rows import Accepted, RecordResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS progress (
@@ -174,11 +174,15 @@ class Checkpoints:
         ).fetchone()
         return int(row[0] or 0)
 
-    def ack(self, key: str, results: list[RecordResult]) -> None:
+    def ack(self, key: str, results: Sequence[RecordResult]) -> None:
         """Commit one request's results (one transaction, before anything else happens);
-        `key` is the send's (`Progress.key`)."""
-        lines = np.array([r.line_no for r in results], dtype=np.int64)
-        failures = [[r.line_no, r.status_code, r.message] for r in results if not r.ok]
+        `key` is the send's (`Progress.key`). `Accepted` (every row accepted) goes as is."""
+        failures: list[list[Any]] = []
+        if isinstance(results, Accepted):
+            lines = np.asarray(results.lines, dtype=np.int64)
+        else:
+            lines = np.array([r.line_no for r in results], dtype=np.int64)
+            failures = [[r.line_no, r.status_code, r.message] for r in results if not r.ok]
         with self.guard():
             self.db.execute(
                 "INSERT INTO acks (dataflow, sha256, lines, failures) VALUES (?, ?, ?, ?)",

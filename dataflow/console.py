@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from dataflow.rows import RecordResult, Request
 
-    OnResult = Callable[[Request, list[RecordResult]], None]
+    OnResult = Callable[[Request, Sequence[RecordResult]], None]
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -77,7 +77,7 @@ def listener() -> Listener:
 def counting(on_result: OnResult) -> OnResult:
     """`on_result`, also telling the listener how many rows were answered."""
 
-    def wrapped(request: Request, results: list[RecordResult]) -> None:
+    def wrapped(request: Request, results: Sequence[RecordResult]) -> None:
         on_result(request, results)
         _current.rows_answered(len(results))
 

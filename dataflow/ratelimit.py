@@ -116,9 +116,14 @@ class Slot:
 
     async def _trace(self, event: str, info: dict[str, Any]) -> None:
         if event in SEND_EVENTS:
-            if self.before_send is not None:
-                self.before_send()
-            self._depart()
+            self.departing()
+
+    def departing(self) -> None:
+        """The request is about to be written (`before_send` may still keep it back): for a
+        client that calls it directly instead of tracing through `extensions`."""
+        if self.before_send is not None:
+            self.before_send()
+        self._depart()
 
     def _depart(self) -> None:
         if self.reserved and not self.departed:

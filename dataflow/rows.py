@@ -8,10 +8,12 @@ exception). Chunks are bounded in size, so memory does not grow with the file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:  # the engine core loads without pandas (`dataflow validate` stays light)
+    import numpy as np
     import pandas as pd
 
 STAGE_TRANSFORM = "transform"
@@ -71,3 +73,56 @@ class RecordResult:
     # sent again if its file is kept
     final: bool = True
     api_id: str = ""  # the API's id for an accepted record (earnedBadgeId / issuedId), if given
+
+
+class Accepted(Sequence[RecordResult]):
+    """Every line of one request accepted by the API, as arrays: the compact form of a list
+    of ``RecordResult(line_no, True, api_id=...)``, one per line, in the request's order.
+
+    The template returns it for an all-success answer (one pass over the answer, no object per
+    row); `dataflow.accounts.Accounts.on_result` and `dataflow.checkpoint.Checkpoints.ack`
+    take it whole. It is still a sequence of `RecordResult` (made on access) for any other
+    reader, and equal to the list it stands for.
+    """
+
+    __slots__ = ("_ids", "lines")
+
+    def __init__(self, lines: np.ndarray, api_ids: Sequence[Any] | None = None) -> None:
+        self.lines = lines  # int64 line numbers
+        if api_ids is not None and len(api_ids) != len(lines):
+            raise ValueError(f"{len(api_ids)} api ids for {len(lines)} lines")
+        self._ids = api_ids  # the API's ids as answered (made text on access); None: none
+
+    def api_id(self, position: int) -> str:
+        """The API's id of the line at `position`, as text ("" when none was given)."""
+        if self._ids is None:
+            return ""
+        value = self._ids[position]
+        return "" if value is None else str(value)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, index: int) -> RecordResult: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[RecordResult]: ...
+    def __getitem__(self, index: int | slice) -> RecordResult | list[RecordResult]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        position = range(len(self))[index]  # IndexError as a list raises it
+        return RecordResult(int(self.lines[position]), True, api_id=self.api_id(position))
+
+    def __iter__(self) -> Iterator[RecordResult]:
+        for position, line_no in enumerate(self.lines.tolist()):
+            yield RecordResult(line_no, True, api_id=self.api_id(position))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays, like a list
+
+    def __repr__(self) -> str:
+        return f"Accepted({len(self)} lines)"

@@ -24,7 +24,9 @@ element has ``data.earnedBadgeId`` and no errors; the bulk APIs: its customer's 
 final failure with the API's code and message; an answer that confirms nothing (nulls,
 missing fields, wrong lengths, garbage) fails its rows as "outcome unknown", not final.
 Request-level errors come in the envelope ``{data, errors: [{code, message}], warnings}``
-with HTTP 200 or 4xx alike (`request_level`).
+with HTTP 200 or 4xx alike (`request_level`). An answer accepting every row is checked in one
+pass and returned as `Accepted` (arrays, no object per row); any other answer gets the
+per-row verdicts.
 
 Adding a template is one `Template(...)` value registered in `TEMPLATES`; see docs/templates.md.
 """
@@ -32,11 +34,11 @@ Adding a template is one `Template(...)` value registered in `TEMPLATES`; see do
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dataflow.rows import RecordResult, Request
+from dataflow.rows import Accepted, RecordResult, Request
 
 if TYPE_CHECKING:  # imported where rows are built: loading a dataflow file stays light
     import pandas as pd
@@ -58,7 +60,7 @@ OWNER_TYPES = (
 
 RowRule = Callable[["pd.DataFrame"], "pd.Series[Any]"]
 RequestBuilder = Callable[["Template", "pd.DataFrame", "pd.DataFrame", int, str], Iterator[Request]]
-ResponseParser = Callable[[Request, int, Any], list[RecordResult]]
+ResponseParser = Callable[[Request, int, Any], Sequence[RecordResult]]
 BodyMaker = Callable[[dict[str, Any], list[int], str], dict[str, Any]]
 
 
@@ -168,12 +170,18 @@ def _json_column(series: pd.Series[Any], kind: str) -> Any:
 
     if kind in ("text", "owner_type"):
         text = pa.array(series.astype("str"), type=pa.large_string())
-        if text.null_count or pc.any(pc.match_substring_regex(text, _NEEDS_ESCAPE)).as_py():
+        if text.null_count:
+            return None
+        # texts repeat (badge ids, owner types): each distinct one is escaped once
+        encoded = pc.dictionary_encode(text)
+        words = encoded.dictionary
+        if pc.any(pc.match_substring_regex(words, _NEEDS_ESCAPE)).as_py():
             return None
         for char, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\t", "\\t")):
-            text = pc.replace_substring(text, char, escaped)
+            words = pc.replace_substring(words, char, escaped)
         quote = pa.scalar('"', pa.large_string())
-        return pc.binary_join_element_wise(quote, text, quote, pa.scalar("", pa.large_string()))
+        words = pc.binary_join_element_wise(quote, words, quote, pa.scalar("", pa.large_string()))
+        return pc.take(words, encoded.indices)
     if kind == "customer_id":
         numbers = series.to_numpy(dtype=np.int64)
     elif kind == "epoch_s":
@@ -197,7 +205,7 @@ def build_array_requests_slow(
         yield Request(line_nos=tuple(int(i) for i in part.index), body=_dumps(body), source=source)
 
 
-def parse_array_response(request: Request, status: int, payload: Any) -> list[RecordResult]:
+def parse_array_response(request: Request, status: int, payload: Any) -> Sequence[RecordResult]:
     """An array aligned with the request: ``{data: {..., earnedBadgeId}, errors, warnings}``.
 
     A record counts as succeeded only when its element confirms it (``data`` with an
@@ -212,10 +220,37 @@ def parse_array_response(request: Request, status: int, payload: Any) -> list[Re
         got = f"{len(payload)} elements" if isinstance(payload, list) else _kind(payload)
         why = f"the response does not match the request ({sent} records, got {got})"
         return unconfirmed(request.line_nos, status, why)
+    accepted = _all_imported(request, payload)
+    if accepted is not None:
+        return accepted
     return [
         _import_verdict(line_no, status, element)
         for line_no, element in zip(request.line_nos, payload, strict=True)
     ]
+
+
+def _all_imported(request: Request, payload: list[Any]) -> Accepted | None:
+    """`Accepted` when every element confirms its record (what `_import_verdict` would say
+    of each), else None: the per-row verdicts decide. One pass, no object per row."""
+    ids: list[Any] = []
+    append = ids.append
+    for element in payload:
+        if type(element) is not dict or element.get("errors"):
+            return None
+        data = element.get("data")
+        if type(data) is not dict:
+            return None
+        badge = data.get("earnedBadgeId")
+        if badge is None or badge == "":
+            return None
+        append(badge)
+    return Accepted(_lines(request), ids)
+
+
+def _lines(request: Request) -> Any:
+    import numpy as np
+
+    return np.array(request.line_nos, dtype=np.int64)
 
 
 def _import_verdict(line_no: int, status: int, element: Any) -> RecordResult:
@@ -230,7 +265,7 @@ def _import_verdict(line_no: int, status: int, element: Any) -> RecordResult:
     return _unconfirmed(line_no, status, "the record's result has no data.earnedBadgeId")
 
 
-def request_level(request: Request, payload: Any) -> list[RecordResult] | None:
+def request_level(request: Request, payload: Any) -> Sequence[RecordResult] | None:
     """The verdict of a request-level envelope ``{data, errors: [{code, message}], warnings}``.
 
     809 (this requestId was already processed: our own earlier attempt was applied) makes
@@ -240,7 +275,7 @@ def request_level(request: Request, payload: Any) -> list[RecordResult] | None:
     if not isinstance(payload, dict) or not payload.get("errors"):
         return None
     if ALREADY_PROCESSED in _codes(payload["errors"]):
-        return [RecordResult(n, True) for n in request.line_nos]
+        return Accepted(_lines(request))
     code, message = _first_error(payload["errors"])
     return request.fail(code, message)
 
@@ -311,7 +346,69 @@ def request_id(file_id: str, template: str, group: tuple[Any, ...], lines: tuple
 def build_grouped_requests(
     template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int, file_id: str
 ) -> Iterator[Request]:
-    """Rows grouped by `template.group_by` (first appearance order), `batch_size` per request."""
+    """Rows grouped by `template.group_by` (first appearance order), `batch_size` per request.
+
+    The groups are found over the columns (`_groups`: each distinct value converted once) and
+    the requests are those of `build_grouped_requests_slow`, the reference, byte for byte and
+    requestId for requestId; it is used where a key column holds a missing value.
+    """
+    import numpy as np
+
+    if records.empty or template.make_body is None:
+        return
+    keys = template.group_by
+    found = _groups(records, keys, template.all_fields)
+    if found is None:
+        yield from build_grouped_requests_slow(template, records, source, batch_size, file_id)
+        return
+    groups, positions_by_group = found
+    customers = records["customerId"].to_numpy(dtype=np.int64)
+    lines = records.index.to_numpy(dtype=np.int64)
+    for group, positions in zip(groups, positions_by_group, strict=True):
+        for start in range(0, len(positions), batch_size):
+            part = positions[start : start + batch_size]
+            part_lines = tuple(lines[part].tolist())
+            part_customers = tuple(customers[part].tolist())
+            rid = request_id(file_id, template.name, group, part_lines)
+            body = template.make_body(
+                dict(zip(keys, group, strict=True)), list(part_customers), rid
+            )
+            yield Request(part_lines, _dumps(body), source, part_customers, rid)
+
+
+def _groups(
+    records: pd.DataFrame, keys: tuple[str, ...], kinds: dict[str, str]
+) -> tuple[list[tuple[Any, ...]], list[Any]] | None:
+    """The distinct groups of JSON values of `keys`, in order of first appearance, and the
+    row positions of each (in row order); None when a key column holds a missing value.
+
+    Rows are grouped by their values as sent (`to_json_value`), as the reference does: two
+    dates that differ below the unit sent are one group."""
+    import numpy as np
+    import pandas as pd
+
+    combined: Any = np.zeros(len(records), dtype=np.int64)
+    for name in keys:
+        codes, uniques = pd.factorize(records[name], sort=False)
+        if len(codes) and codes.min() < 0:
+            return None
+        sent = to_json_value(pd.Series(uniques), kinds[name])
+        sent_codes, sent_uniques = pd.factorize(pd.Series(sent, dtype=object), sort=False)
+        # relabelled at each step, so the codes stay below rows * distinct values
+        combined, _ = pd.factorize(combined * len(sent_uniques) + sent_codes[codes], sort=False)
+    codes = combined  # numbered in order of first appearance, as a dict keeps its keys
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    positions = np.split(order, bounds)
+    firsts = [int(p[0]) for p in positions]
+    columns = [to_json_value(records[name].iloc[firsts], kinds[name]) for name in keys]
+    return list(zip(*columns, strict=True)), positions
+
+
+def build_grouped_requests_slow(
+    template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int, file_id: str
+) -> Iterator[Request]:
+    """`build_grouped_requests` value by value (a dict of groups): the reference."""
     if records.empty or template.make_body is None:
         return
     kinds = template.all_fields
@@ -334,7 +431,7 @@ def build_grouped_requests(
             yield Request(part_lines, _dumps(body), source, part_customers, rid)
 
 
-def parse_grouped_response(request: Request, status: int, payload: Any) -> list[RecordResult]:
+def parse_grouped_response(request: Request, status: int, payload: Any) -> Sequence[RecordResult]:
     """``{data: {issuedBadges: [{customerId, issuedId, error}]}, errors, warnings}``.
 
     A customer counts as succeeded only when its item has an ``issuedId`` and no error, or
@@ -353,6 +450,16 @@ def parse_grouped_response(request: Request, status: int, payload: Any) -> list[
             return whole
     if not isinstance(issued, list):
         return unconfirmed(request.line_nos, status, "the response has no data.issuedBadges")
+    accepted = None if applied else _all_issued(request, issued)
+    if accepted is not None:
+        return accepted
+    return _bulk_verdicts(request, status, issued, applied)
+
+
+def _bulk_verdicts(
+    request: Request, status: int, issued: list[Any], applied: bool
+) -> list[RecordResult]:
+    """One verdict per line: its customer's next item (matched by customerId)."""
     by_customer: dict[Any, list[dict[str, Any]]] = {}
     for item in issued:
         if isinstance(item, dict):
@@ -363,6 +470,26 @@ def parse_grouped_response(request: Request, status: int, payload: Any) -> list[
         item = items.pop(0) if items else None
         results.append(_bulk_verdict(line_no, status, customer, item, applied))
     return results
+
+
+def _all_issued(request: Request, issued: list[Any]) -> Accepted | None:
+    """`Accepted` when the items answer the request's customers one by one, in order, each
+    with an issuedId and no error (what the matching by customer would conclude), else None."""
+    customers = request.customers
+    if len(issued) != len(customers):
+        return None
+    ids: list[Any] = []
+    append = ids.append
+    for item, customer in zip(issued, customers, strict=True):
+        if type(item) is not dict or item.get("error"):
+            return None
+        if _customer_key(item.get("customerId")) != customer:
+            return None
+        issued_id = item.get("issuedId")
+        if issued_id is None or issued_id == "":
+            return None
+        append(issued_id)
+    return Accepted(_lines(request), ids)
 
 
 def _bulk_verdict(

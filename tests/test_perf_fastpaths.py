@@ -3,22 +3,32 @@
 - request bodies built by Arrow over the columns (`build_array_requests`) are byte for byte
   ``orjson.dumps`` of a dict per row (`build_array_requests_slow`), line numbers included;
 - dates of a fixed-width format parsed by slicing (`_parse_fixed`) are what pandas' strptime
-  path gives, verdict by verdict, for valid, invalid, unpadded and odd values.
+  path gives, verdict by verdict, for valid, invalid, unpadded and odd values;
+- the bulk requests built from groups found over the columns (`build_grouped_requests`) are
+  those of the dict of groups (`build_grouped_requests_slow`): same order, lines, customers,
+  bodies and requestIds.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from dataflow.templates import (
+    EARN_BADGES_BULK,
     EARNED_BADGES,
+    ISSUE_BADGES_BULK,
+    Template,
+    _groups,
     _row_objects,
     build_array_requests,
     build_array_requests_slow,
+    build_grouped_requests,
+    build_grouped_requests_slow,
 )
 from dataflow_blocks import field_mapping
 
@@ -116,3 +126,48 @@ def test_fixed_width_dates_parse_as_strptime_does(
 def test_other_formats_are_not_taken_by_the_fixed_path(fmt: str) -> None:
     values = pd.Series(["16/11/2026"], dtype="str")
     assert field_mapping._parse_fixed(values, fmt) is None
+
+
+def _bulk_records(template: Template, n: int, seed: int) -> pd.DataFrame:
+    rng = random.Random(seed)
+    date_field = template.group_by[1]
+    base = 1794801600 * 1_000_000  # microseconds
+    # a few distinct dates, some differing only below the unit sent (ms, or s): one group
+    moments = [base, base + 1, base + 999, base + 1000, base + 999_999, base + 3_600_000_000]
+    moments += [base - 1, base - 1001]
+    micro = np.array([rng.choice(moments) for _ in range(n)], dtype="datetime64[us]")
+    records = pd.DataFrame(
+        {
+            "badgeMetaId": pd.Series([rng.choice(TEXTS[:5]) for _ in range(n)], dtype="str"),
+            "customerId": np.array([rng.randint(1, 2**63 - 1) for _ in range(n)], np.int64),
+            date_field: pd.Series(micro).dt.tz_localize("UTC"),
+            "ownerType": pd.Series([rng.choice(["Loyalty", "Journeys"]) for _ in range(n)]),
+            "referenceId": pd.Series([rng.choice(["w1", "w2", 'q"'])] * n, dtype="str"),
+        }
+    )
+    records.index = pd.Index(np.arange(2, n + 2) * 2)  # line numbers, with gaps
+    return records
+
+
+def _requests(requests: list[Any]) -> list[tuple[Any, ...]]:
+    return [(r.line_nos, r.customers, r.request_id, r.body) for r in requests]
+
+
+@pytest.mark.parametrize("template", [EARN_BADGES_BULK, ISSUE_BADGES_BULK])
+@pytest.mark.parametrize("batch_size", [1, 7, 1000])
+def test_bulk_requests_are_those_of_the_dict_of_groups(template: Template, batch_size: int) -> None:
+    records = _bulk_records(template, 3001, seed=batch_size)
+    assert _groups(records, template.group_by, template.all_fields) is not None  # fast path
+    fast = list(build_grouped_requests(template, records, records, batch_size, "f"))
+    slow = list(build_grouped_requests_slow(template, records, records, batch_size, "f"))
+    assert _requests(fast) == _requests(slow)
+    assert len({r.request_id for r in fast}) == len(fast) > 1
+
+
+def test_a_missing_group_value_takes_the_reference_path() -> None:
+    records = _bulk_records(EARN_BADGES_BULK, 40, seed=3)
+    records.loc[records.index[4], "referenceId"] = None
+    assert _groups(records, EARN_BADGES_BULK.group_by, EARN_BADGES_BULK.all_fields) is None
+    fast = list(build_grouped_requests(EARN_BADGES_BULK, records, records, 5, "f"))
+    slow = list(build_grouped_requests_slow(EARN_BADGES_BULK, records, records, 5, "f"))
+    assert _requests(fast) == _requests(slow)
