@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from dataflow.errors import StateError
 
-SCHEMA_VERSION = 2  # the PostgreSQL schema `upgrade` creates; bump with each migration
+SCHEMA_VERSION = 3  # the PostgreSQL schema `upgrade` creates; bump with each migration
 # keepalives on the client (libpq) and on the server (its side of the same connection)
 KEEPALIVES = {
     "keepalives": 1,
@@ -172,6 +172,8 @@ CREATE TABLE IF NOT EXISTS shard_sets (
     shards BIGINT NOT NULL,
     state TEXT NOT NULL,  -- running, finished
     processed_path TEXT,  -- where the last shard moved the original
+    chunk_bytes BIGINT,  -- the parse chunk the ranges were planned with (NULL: before schema 3)
+    parse TEXT,  -- JSON: every parse setting the chunks depend on, as planned (chunk_bytes, ...)
     PRIMARY KEY (dataflow, send_key)
 );
 CREATE TABLE IF NOT EXISTS shards (
@@ -189,6 +191,14 @@ CREATE TABLE IF NOT EXISTS shards (
     failed TEXT,  -- JSON [[line, code, message]]: rows the API failed (dataflow retry)
     owner TEXT,  -- the worker that sent it
     PRIMARY KEY (dataflow, send_key, shard_no)
+);
+CREATE TABLE IF NOT EXISTS shard_errors (  -- a done shard's error file, in parts (streamed)
+    dataflow TEXT NOT NULL,
+    send_key TEXT NOT NULL,
+    shard_no BIGINT NOT NULL,
+    part_no BIGINT NOT NULL,  -- 0: the header; 1, 2, ...: the rows, at most PART_BYTES each
+    data BLOB NOT NULL,
+    PRIMARY KEY (dataflow, send_key, shard_no, part_no)
 );
 """
 sa.Table(
@@ -209,6 +219,8 @@ sa.Table(
     sa.Column("shards", sa.BigInteger, nullable=False),
     _text("state", nullable=False),
     _text("processed_path"),
+    _int("chunk_bytes"),
+    _text("parse"),
 )
 sa.Table(
     "shards",
@@ -225,6 +237,20 @@ sa.Table(
     _text("summary"),
     _text("failed"),
     _text("owner"),
+)
+sa.Table(
+    "shard_errors",
+    METADATA,
+    _text("dataflow", primary=True),
+    _text("send_key", primary=True),
+    sa.Column("shard_no", sa.BigInteger, primary_key=True),
+    sa.Column("part_no", sa.BigInteger, primary_key=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+# columns added to existing tables, by schema version (create_all adds only missing tables)
+ADDED_COLUMNS = (
+    (3, "shard_sets", "chunk_bytes", "BIGINT"),
+    (3, "shard_sets", "parse", "TEXT"),
 )
 
 
@@ -380,6 +406,11 @@ def upgrade(url: str) -> tuple[int, int]:
             before = schema_version(store)
             if before < SCHEMA_VERSION:
                 METADATA.create_all(store.connection)
+                for version, table, column, declaration in ADDED_COLUMNS:
+                    if before < version:
+                        store.execute(
+                            f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {declaration}"
+                        )
                 store.execute("DELETE FROM schema_version")
                 store.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         except BaseException:

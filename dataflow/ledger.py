@@ -24,6 +24,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from dataflow.db import (
 )
 from dataflow.errors import DataflowError, StateError
 from dataflow.lease import Lease
-from dataflow.report import FileReport, RunReport
+from dataflow.report import IN_PROGRESS, FileReport, RunReport
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -110,6 +111,8 @@ CREATE TABLE IF NOT EXISTS counters (  -- counts kept outside the files table (d
 COLUMNS = (
     ("files", "send_no", "INTEGER NOT NULL DEFAULT 0"),  # 0: first send; n: n-th send again
     ("files", "retry_of", "TEXT"),  # the lineage a `dataflow retry` sent again
+    ("shard_sets", "chunk_bytes", "BIGINT"),  # the parse chunk the shards were planned with
+    ("shard_sets", "parse", "TEXT"),  # JSON: the parse settings the chunks depend on
     *CHECKPOINT_COLUMNS,
 )
 FILE_COLUMNS = (
@@ -325,18 +328,56 @@ class Ledger:
         it holds one (`dataflow.shards` records its shards in it)."""
         return self._tx(dataflow)
 
-    def refresh_run(self, run_id: str) -> None:
-        """Derive a run's status again from its files (the last shard of a big file finished
-        after the run that split it)."""
-        rows = self._db.execute("SELECT reason, dry_run FROM runs WHERE run_id = ?", (run_id,))
-        row = rows.fetchone()
-        if row is None:
-            return
-        report = RunReport("", run_id, "", reason=row[0], dry_run=bool(row[1]))
-        for (status,) in self._db.execute("SELECT status FROM files WHERE run_id = ?", (run_id,)):
-            report.files.append(FileReport("", "", str(status)))
-        report.settle()
-        self._db.execute("UPDATE runs SET status = ? WHERE run_id = ?", (report.status, run_id))
+    def refresh_run(self, run_id: str, finished_at: str | None = None) -> str | None:
+        """Derive a run's status again from its recorded files, in a transaction with the run's
+        row locked (the last shard of a big file finishing, and the run that split it
+        recording its end, one after the other in either order). With `finished_at`, a run
+        that is no longer in progress ends then (when its last file finished), unless it
+        recorded a later end. Its status, None for an unknown run."""
+        with self._tx():
+            lock = " FOR UPDATE" if self.postgres else ""
+            row = self._db.execute(
+                f"SELECT reason, dry_run, finished_at FROM runs WHERE run_id = ?{lock}", (run_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            report = RunReport("", run_id, "", reason=row[0], dry_run=bool(row[1]))
+            statuses = self._db.execute("SELECT status FROM files WHERE run_id = ?", (run_id,))
+            report.files = [FileReport("", "", str(status)) for (status,) in statuses]
+            report.settle()
+            end = row[2]
+            if finished_at and report.status != IN_PROGRESS and (end or "") < finished_at:
+                end = finished_at
+            self._db.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
+                (report.status, end, run_id),
+            )
+            return report.status
+
+    def run_report(self, run_id: str) -> RunReport | None:
+        """A recorded run and its files, as a report (the alerts of a run whose last file
+        was finished by a shard)."""
+        rows = self.select("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            return None
+        run = rows[0]
+        report = RunReport(
+            str(run["dataflow"]),
+            run_id,
+            str(run["started_at"]),
+            finished_at=str(run["finished_at"] or ""),
+            status=str(run["status"] or ""),
+            dry_run=bool(run["dry_run"]),
+            reason=run["reason"],
+        )
+        names = [f.name for f in fields(FileReport)]
+        query = f"SELECT * FROM files WHERE run_id = ? ORDER BY {self._order}"
+        for f in self.select(query, (run_id,)):
+            values = {n: f[n] for n in names if n in f}
+            values["size"] = int(values.get("size") or 0)
+            values["send_no"] = int(values.get("send_no") or 0)
+            report.files.append(FileReport(**values))
+        return report
 
     @contextmanager
     def _fenced(self, dataflow: str) -> Iterator[None]:
@@ -379,11 +420,15 @@ class Ledger:
             )
 
     def finish_run(self, run: RunReport) -> None:
+        """Record the run's end. A run with a file sent in shards takes its status from its
+        recorded files (`refresh_run`): the last shard may have finished that file already."""
         with self._tx() as db:
             db.execute(
                 "UPDATE runs SET finished_at = ?, status = ?, reason = ? WHERE run_id = ?",
                 (run.finished_at, run.status, run.reason, run.run_id),
             )
+            if run.status == IN_PROGRESS:
+                self.refresh_run(run.run_id)
 
     def finish_file(
         self,
@@ -391,10 +436,12 @@ class Ledger:
         f: FileReport,
         errors: Sequence[tuple[str, str, str, int]] = (),
         failed: Mapping[int, tuple[str, str]] | None = None,
+        *,
+        failed_lines: Mapping[tuple[str, str], np.ndarray] | None = None,
     ) -> None:
         """Record a finished file, its error summary ((stage, code, message, count) rows),
-        the lines the API failed (line -> (code, message), for `dataflow retry`) and drop its
-        checkpoint, in one transaction."""
+        the lines the API failed (line -> (code, message), or `failed_lines`: (code, message)
+        -> int64 lines, for `dataflow retry`) and drop its checkpoint, in one transaction."""
         with self._tx(run.dataflow) as db:
             self._insert_file(db, run, f)
             for stage, code, message, count in errors:
@@ -403,7 +450,7 @@ class Ledger:
                     "lineage_id, stage, code, message) DO UPDATE SET count = excluded.count",
                     (run.run_id, f.lineage_id, stage, code, message, count),
                 )
-            self._insert_failures(db, run.dataflow, f.lineage_id, failed or {})
+            self._insert_failures(db, run.dataflow, f.lineage_id, failed or {}, failed_lines)
             if f.sha256:
                 self.checkpoints(run.dataflow).forget(send_key(f.sha256, f.send_no))
 
@@ -413,15 +460,20 @@ class Ledger:
         dataflow: str,
         lineage_id: str,
         failed: Mapping[int, tuple[str, str]],
+        failed_lines: Mapping[tuple[str, str], np.ndarray] | None = None,
     ) -> None:
-        by_error: dict[tuple[str, str], list[int]] = {}
+        singles: dict[tuple[str, str], list[int]] = {}
         for line, (code, message) in failed.items():
-            by_error.setdefault((str(code), message[:MESSAGE_CHARS]), []).append(line)
-        for (code, message), lines in by_error.items():
+            singles.setdefault((str(code), message[:MESSAGE_CHARS]), []).append(line)
+        by_error = {key: [np.array(lines, np.int64)] for key, lines in singles.items()}
+        for (code, message), array in (failed_lines or {}).items():
+            by_error.setdefault((str(code), message[:MESSAGE_CHARS]), []).append(array)
+        for (code, message), arrays in by_error.items():
+            lines = np.unique(np.concatenate(arrays).astype(np.int64))
             db.execute(
                 "INSERT INTO line_failures VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataflow, "
                 "lineage_id, code, message) DO UPDATE SET lines = excluded.lines",
-                (dataflow, lineage_id, code, message, np.array(sorted(lines), np.int64).tobytes()),
+                (dataflow, lineage_id, code, message, lines.tobytes()),
             )
 
     def record_file(self, run: RunReport, f: FileReport) -> None:
@@ -544,12 +596,13 @@ class Ledger:
         return lines
 
     def previous_outcome(self, dataflow: str, run_id: str) -> tuple[str, str | None] | None:
-        """(status, reason) of the last finished run before `run_id` (dry runs left out)."""
+        """(status, reason) of the last finished run before `run_id` (dry runs, and runs whose
+        files are still sent in shards, left out)."""
         row = self._db.execute(
             "SELECT status, reason FROM runs WHERE dataflow = ? AND run_id != ? AND dry_run = 0 "
-            f"AND finished_at IS NOT NULL AND {self._order} < COALESCE((SELECT {self._order} "
-            f"FROM runs WHERE run_id = ?), 1e18) ORDER BY {self._order} DESC LIMIT 1",
-            (dataflow, run_id, run_id),
+            f"AND finished_at IS NOT NULL AND status != ? AND {self._order} < COALESCE((SELECT "
+            f"{self._order} FROM runs WHERE run_id = ?), 1e18) ORDER BY {self._order} DESC LIMIT 1",
+            (dataflow, run_id, IN_PROGRESS, run_id),
         ).fetchone()
         return (str(row[0]), row[1]) if row is not None else None
 

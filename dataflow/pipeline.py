@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import shutil
@@ -41,6 +42,7 @@ from dataflow.faults import crash_point
 from dataflow.lease import Lease
 from dataflow.ledger import Ledger
 from dataflow.redact import redact
+from dataflow.report import IN_PROGRESS as IN_PROGRESS  # re-exported: a file sent in shards
 from dataflow.report import FileReport, RunReport
 from dataflow.rows import Chunk, Request, RowError
 from dataflow.shutdown import STOP
@@ -48,7 +50,6 @@ from dataflow.templates import Template
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-IN_PROGRESS = "in_progress"  # a big file split into shards that workers are sending
 
 
 class Sharder(Protocol):
@@ -389,10 +390,13 @@ async def process_shard(
     ledger: Ledger,
     report: FileReport,
     progress: Progress,
+    plaintext_sha256: str | None = None,
 ) -> ErrorFile:
     """Send one shard of a big file (`chain.chunks`): download and decrypt it into `filedir`
-    (private to this worker), check it is the content that was split (`report.sha256`), send
-    the rows of its chunks. Its error file (closed) is the shard's part of the file's."""
+    (private to this worker), check it is the content that was split (`report.sha256`, and
+    the decrypted, unpacked text's `plaintext_sha256` when the split recorded it: the chunk
+    ranges are ranges of that text), send the rows of its chunks. Its error file (closed) is
+    the shard's part of the file's."""
     source = chain.source
     downloaded = filedir / "download"
     sha = await asyncio.to_thread(source.download, file, downloaded)
@@ -406,6 +410,11 @@ async def process_shard(
         for step in chain.steps:
             path = await asyncio.to_thread(step.apply, path, filedir)
         path = await asyncio.to_thread(source.prepare, path, filedir)
+        if plaintext_sha256 and await asyncio.to_thread(_sha256, path) != plaintext_sha256:
+            raise FatalError(
+                f"{file.path}: its decrypted text differs from the one that was split into "
+                "shards (a file step or source setting changed since); this shard sends nothing"
+            )
         stream = await asyncio.to_thread(chain.transform.read, path)
     except FileRejected as exc:  # it was read when it was split: not the file's fault now
         raise FatalError(f"{file.path}: a shard could not read it again: {exc}") from exc
@@ -424,6 +433,14 @@ async def process_shard(
     finally:
         stream.close()
     return errors
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 async def leased(ledger: Ledger, lease: Lease, ttl: float, work: Coroutine[Any, Any, T]) -> T:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+IN_PROGRESS = "in_progress"  # a big file that workers send in shards (dataflow.shards), and its run
+
 
 @dataclass
 class FileReport:
@@ -68,10 +70,13 @@ class RunReport:
         return out
 
     def settle(self) -> None:
-        """Derive the run's status from its files (a fatal reason makes it a failure)."""
+        """Derive the run's status from its files (a fatal reason makes it a failure); a run
+        with a file still sent in shards is `in_progress` until its last shard finishes."""
         statuses = {f.status for f in self.files}
         if self.skipped:
             self.status = "no_files"
+        elif IN_PROGRESS in statuses:
+            self.status = IN_PROGRESS
         elif self.reason or "failure" in statuses:
             self.status = "failure"
         elif "partial" in statuses:
@@ -82,4 +87,4 @@ class RunReport:
             self.status = "no_files"
 
 
-EXIT_CODES = {"success": 0, "no_files": 0, "partial": 3, "failure": 1}
+EXIT_CODES = {"success": 0, "no_files": 0, "partial": 3, "failure": 1, IN_PROGRESS: 0}

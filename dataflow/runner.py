@@ -9,8 +9,9 @@ the debug log), never as a traceback.
 Each file is claimed as a lease (`dataflow.lease`) and renewed while it is processed; a file
 another worker holds is skipped, a file whose lease was taken over stops (`LeaseLost`) and the
 run goes on. On a worker (`shards=`), a big file is split into shards sent by the workers
-(`dataflow.shards`); while a dataflow's shards run, its runs are skipped (the shards have its
-rate limit).
+(`dataflow.shards`); the run then ends `in_progress` and raises no alert: the last shard
+derives its status again and raises its alerts. While a dataflow's shards run, its runs are
+skipped (the shards have its rate limit).
 
 `run(..., force=True)` also sends files whose content was already completed (a new send, see
 `dataflow.pipeline`); `retry` sends again the rows the API failed in one processed lineage,

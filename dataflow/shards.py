@@ -4,7 +4,10 @@ On a worker, a file whose decrypted plaintext has more than ``DATAFLOW_SHARD_ROW
 (default 1,000,000) is split by the run that downloaded it into shards: ranges of the
 parser's chunks (`dataflow.csvchunks`, ``chunk_bytes`` each; deterministic for a file), one
 row per shard in the ``shards`` table, one Celery task (``dataflow.shard``) per shard. The
-run records the file as ``in_progress`` and returns: no worker thread waits for shards.
+run records the file, and itself, as ``in_progress`` and returns: no worker thread waits for
+shards. The set records the parse settings its chunk ranges were planned with (`parse_settings`:
+``chunk_bytes``, encoding, delimiter, headers), and every shard parses with those, whatever its
+worker's configuration or version says now.
 
 Each shard task claims its own lease (``<name>/shard<n>``, fenced like a file's), downloads
 and decrypts the file into its own private directory, checks its SHA-256, parses every chunk
@@ -13,18 +16,22 @@ are those one worker would send (they derive from the send key and each chunk's 
 acknowledgements go to the file's checkpoint, and it sends at ``rate.limit / shards``, so
 the shards together never exceed the dataflow's limit (runs of the dataflow are skipped
 while a shard set is in progress, see `active`). A finished shard stores its counts, error
-rows and failures in its row; the one that finds every other shard done (decided in one
-transaction, the set's row locked) assembles the error file in shard (line) order, uploads
-it, moves the original and records the file once in the run that split it, with the summed
-counts. A killed shard's task comes back (acks late) or is enqueued again by the next run of
-the dataflow and resumes from the checkpoint; a finished shard delivered again does nothing.
+rows and failures in its row (its error file in parts of `PART_BYTES` in ``shard_errors``);
+the one that finds every other shard done (decided in one transaction, the set's row locked)
+assembles the error file in shard (line) order, one part in memory at a time, uploads it,
+moves the original and records the file once in the run that split it, with the summed
+counts; the run's status is then derived again and its alerts are raised, once. A killed
+shard's task comes back (acks late) or is enqueued again by the next run of the dataflow and
+resumes from the checkpoint; a finished shard delivered again does nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -34,11 +41,13 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 from pydantic import BaseModel
 
 from dataflow import lease as leases
@@ -60,6 +69,10 @@ SHARD_ENV = "DATAFLOW_SHARD_ROWS"
 SHARD_DEFAULT = 1_000_000
 HEADER_READ = 1 << 16  # what dataflow.csvchunks reads with the header (its first chunk)
 COUNTS = ("total", "filtered", "rejected", "sent", "succeeded", "failed")
+PART_BYTES = 1 << 20  # a shard's error file is stored, and read back, in parts of this size
+DEFAULT_CHUNK_BYTES = 4 << 20  # a transform that does not say its chunk size
+# the transform settings (besides chunk_bytes) that decide where its chunks begin and end
+PARSE_KEYS = ("encoding", "delimiter", "headerless", "headers")
 Enqueue = Callable[[str, str, str, int], None]  # (dataflow file, dataflow, send key, shard)
 
 
@@ -77,11 +90,18 @@ def shard_rows() -> int:
 
 def count_lines(path: Path) -> int:
     """Newlines in the file (a cheap row count for the threshold)."""
+    return scan(path)[0]
+
+
+def scan(path: Path) -> tuple[int, str]:
+    """Newlines in the file and its SHA-256, in one pass (the plaintext the ranges are of)."""
     lines = 0
+    digest = hashlib.sha256()
     with path.open("rb") as fh:
         while block := fh.read(1 << 20):
             lines += block.count(b"\n")
-    return lines
+            digest.update(block)
+    return lines, digest.hexdigest()
 
 
 def plan(rows: int, size: int, chunk_bytes: int, threshold: int, limit: int) -> list[range]:
@@ -121,10 +141,11 @@ class Sharder:
     ) -> bool:
         if getattr(chain.transform.config, "duplicates", None) == "reject":
             return False  # a repeat is found across the whole file: one worker reads it
-        rows = max(0, await asyncio.to_thread(count_lines, path) - 1)
-        # field_mapping's chunks (its default depends on the template: FieldMapping.chunk_bytes)
-        chunk_bytes = int(getattr(chain.transform, "chunk_bytes", None) or 4 << 20)
-        ranges = plan(rows, path.stat().st_size, chunk_bytes, self.threshold, _rate_limit(chain))
+        newlines, plain = await asyncio.to_thread(scan, path)
+        rows = max(0, newlines - 1)
+        settings = {**parse_settings(chain), "plaintext_sha256": plain}
+        size = path.stat().st_size
+        ranges = plan(rows, size, settings["chunk_bytes"], self.threshold, _rate_limit(chain))
         if not ranges:
             return False
         report.status = IN_PROGRESS
@@ -132,11 +153,26 @@ class Sharder:
             f"about {rows} rows (above {SHARD_ENV} {self.threshold}): sent in {len(ranges)} "
             "shards by the workers; its counts, error file and move come when the last finishes"
         )
-        record_split(ledger, chain, file, report, progress, run, self.config_path, ranges)
+        record_split(ledger, chain, file, report, progress, run, self.config_path, ranges, settings)
         for number in range(len(ranges)):
             self.enqueue(self.config_path, chain.dataflow, progress.key, number)
         log.info("%s: %s", file.name, report.reason)
         return True
+
+
+def parse_settings(chain: Chain) -> dict[str, Any]:
+    """What the chunk ranges of a file depend on: the transform's effective ``chunk_bytes``
+    (field_mapping's default depends on the template and on the version) and the settings
+    that decide where a chunk ends (encoding, delimiter, headers), as a JSON object."""
+    config = chain.transform.config
+    known = type(config).model_fields
+    settings: dict[str, Any] = {key: getattr(config, key) for key in PARSE_KEYS if key in known}
+    if isinstance(settings.get("headers"), tuple | list):
+        settings["headers"] = list(settings["headers"])
+    settings["chunk_bytes"] = int(
+        getattr(chain.transform, "chunk_bytes", None) or DEFAULT_CHUNK_BYTES
+    )
+    return settings
 
 
 def record_split(
@@ -148,22 +184,23 @@ def record_split(
     run: RunReport,
     config_path: str,
     ranges: list[range],
+    settings: dict[str, Any],
 ) -> None:
     """The set, its shards and the file (in progress) in one transaction (the file's fence)."""
     key = progress.key
     with ledger.transaction(chain.dataflow) as db:
-        for table in ("shards", "shard_sets"):
+        for table in ("shard_errors", "shards", "shard_sets"):
             db.execute(
                 f"DELETE FROM {table} WHERE dataflow = ? AND send_key = ?", (chain.dataflow, key)
             )
         db.execute(
             "INSERT INTO shard_sets (dataflow, send_key, name, path, size, mtime, ok_path, "
-            "sha256, send_no, run_id, lineage_id, config_path, shards, state) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+            "sha256, send_no, run_id, lineage_id, config_path, shards, state, chunk_bytes, "
+            "parse) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
             (
                 chain.dataflow, key, file.name, file.path, file.size, file.mtime, file.ok_path,
                 report.sha256, progress.send_no, run.run_id, report.lineage_id, config_path,
-                len(ranges),
+                len(ranges), settings["chunk_bytes"], json.dumps(settings, default=str),
             ),
         )  # fmt: skip
         for number, chunks in enumerate(ranges):
@@ -260,7 +297,7 @@ async def _shard_leased(
     blocks: list[Block] = []
     try:
         chunks = range(int(row["chunk_from"]), int(row["chunk_to"] or sys.maxsize))
-        chain, blocks = await _open_chain(dataflow, workdir, chunks, int(one["shards"]))
+        chain, blocks = await _open_chain(dataflow, workdir, chunks, one)
         file = RemoteFile(
             str(one["path"]), str(one["name"]), int(one["size"] or 0), int(one["mtime"] or 0),
             one["ok_path"],
@@ -290,8 +327,43 @@ def _divided(config: BaseModel, shards: int) -> BaseModel:
     return config.model_copy(update={"rate": rate.model_copy(update={"limit": limit})})
 
 
+def planned_settings(one: dict[str, Any]) -> dict[str, Any] | None:
+    """The parse settings the set was planned with; None for a set split by a version that
+    did not record them (its shards parse with the configuration as it is now)."""
+    if one.get("chunk_bytes") is None:
+        return None
+    settings: dict[str, Any] = json.loads(one.get("parse") or "{}")
+    settings["chunk_bytes"] = int(one["chunk_bytes"])
+    return settings
+
+
+def _as_planned(config: BaseModel, settings: dict[str, Any]) -> BaseModel:
+    """A transform's settings with the parse settings the set was planned with."""
+    known = type(config).model_fields
+    update = {key: value for key, value in settings.items() if key in known}
+    return config.model_copy(update=update) if update else config
+
+
+def _check_planned(chain: Chain, one: dict[str, Any], settings: dict[str, Any] | None) -> None:
+    if settings is None:
+        log.warning(
+            "%s: its shards were planned by an earlier version that did not record its parse "
+            "chunk; they parse with the chunk configured now (%s bytes)",
+            one["name"],
+            getattr(chain.transform, "chunk_bytes", "?"),
+        )
+        return
+    have = getattr(chain.transform, "chunk_bytes", None)
+    if have is not None and int(have) != settings["chunk_bytes"]:
+        raise FatalError(
+            f"{one['name']}: its shards were planned with chunks of {settings['chunk_bytes']} "
+            f"bytes and block {chain.transform.config.name!r} cannot parse with that size "
+            f"(it uses {have}); nothing was sent by this shard"
+        )
+
+
 async def _open_chain(
-    dataflow: Dataflow, workdir: Path, chunks: range, shards: int
+    dataflow: Dataflow, workdir: Path, chunks: range, one: dict[str, Any]
 ) -> tuple[Chain, list[Block]]:
     context = RunContext(
         dataflow=dataflow.name,
@@ -299,9 +371,14 @@ async def _open_chain(
         workdir=workdir,
         base_dir=dataflow.path.resolve().parent,
     )
+    settings = planned_settings(one)
     blocks: list[Block] = []
     for spec in dataflow.blocks:
-        config = _divided(spec.config, shards) if issubclass(spec.cls, Sink) else spec.config
+        config: BaseModel = spec.config
+        if issubclass(spec.cls, Sink):
+            config = _divided(config, int(one["shards"]))
+        elif issubclass(spec.cls, Transform) and settings is not None:
+            config = _as_planned(config, settings)  # the chunks the ranges were planned with
         blocks.append(spec.cls(config, context))
     opened: list[Block] = []
     try:
@@ -322,6 +399,13 @@ async def _open_chain(
         sink=next(b for b in blocks if isinstance(b, Sink)),
         chunks=chunks,
     )
+    try:
+        _check_planned(chain, one, settings)
+    except BaseException:
+        for block in reversed(opened):
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(block.close)
+        raise
     return chain, opened
 
 
@@ -350,23 +434,26 @@ async def _send_shard(
     )
     filedir = Path(tempfile.mkdtemp(prefix="file-", dir=workdir))
     with logs.context(lineage_id=report.lineage_id):
-        errors = await process_shard(chain, file, filedir, ledger, report, progress)
-        body = errors.path.read_bytes() if errors.rows else b""
-        failed = [[line, code, message] for line, (code, message) in progress.failed.items()]
+        planned = planned_settings(one) or {}
+        errors = await process_shard(
+            chain, file, filedir, ledger, report, progress, planned.get("plaintext_sha256")
+        )
+        failed = json.dumps(pack_failed(progress.failed))
         with ledger.transaction(chain.dataflow) as db:
             lock = " FOR UPDATE" if db.postgres else ""  # the finishers, one after the other
             db.execute(
                 "SELECT state FROM shard_sets WHERE dataflow = ? AND send_key = ?" + lock,
                 (chain.dataflow, progress.key),
             )
+            store_errors(ledger, chain.dataflow, progress.key, number, errors.path, errors.rows)
             db.execute(
                 "UPDATE shards SET state = 'done', rows_total = ?, rows_filtered = ?, "
                 "rows_rejected = ?, rows_sent = ?, rows_succeeded = ?, rows_failed = ?, "
-                "error_rows = ?, errors = ?, summary = ?, failed = ?, owner = ? "
+                "error_rows = ?, errors = NULL, summary = ?, failed = ?, owner = ? "
                 "WHERE dataflow = ? AND send_key = ? AND shard_no = ? AND state = 'pending'",
                 (
-                    *(getattr(report, f"rows_{n}") for n in COUNTS), errors.rows, body,
-                    json.dumps(errors.summary()), json.dumps(failed), lease.owner,
+                    *(getattr(report, f"rows_{n}") for n in COUNTS), errors.rows,
+                    json.dumps(errors.summary()), failed, lease.owner,
                     chain.dataflow, progress.key, number,
                 ),
             )  # fmt: skip
@@ -392,12 +479,132 @@ def _all_done(ledger: Ledger, dataflow: str, key: str) -> bool:
     return int(row[0]) == 0
 
 
+def header_bytes(fh: IO[bytes]) -> bytes:
+    """The header record at the start of an error file: lines up to the first end of line
+    outside quotes (a column name may hold a quoted line break; quotes inside are doubled)."""
+    header = b""
+    while line := fh.readline():
+        header += line
+        if header.count(b'"') % 2 == 0:
+            break
+    return header
+
+
+def store_errors(
+    ledger: Ledger, dataflow: str, key: str, number: int, path: Path, rows: int
+) -> None:
+    """A shard's error file into ``shard_errors`` (part 0 its header, then its rows in parts
+    of `PART_BYTES`), replacing what an interrupted attempt stored; read one part at a time.
+    Call it in the transaction that marks the shard done."""
+    with ledger.transaction(dataflow) as db:
+        where = (dataflow, key, number)
+        db.execute(
+            "DELETE FROM shard_errors WHERE dataflow = ? AND send_key = ? AND shard_no = ?", where
+        )
+        if not rows or not path.exists():
+            return
+        insert = "INSERT INTO shard_errors VALUES (?, ?, ?, ?, ?)"
+        with path.open("rb") as fh:
+            db.execute(insert, (*where, 0, header_bytes(fh)))
+            part = 1
+            while data := fh.read(PART_BYTES):
+                db.execute(insert, (*where, part, data))
+                part += 1
+
+
+def assemble_errors(
+    ledger: Ledger,
+    dataflow: str,
+    key: str,
+    shards: Iterable[int],
+    out: IO[bytes],
+    delimiter: str = ",",
+) -> None:
+    """Write the file's error file to `out`: the header once, then every shard's rows in shard
+    (line) order, one stored part in memory at a time."""
+    header = False
+    for number in shards:
+        where = (dataflow, key, number)
+        parts = ledger.store.execute(
+            "SELECT part_no FROM shard_errors WHERE dataflow = ? AND send_key = ? AND "
+            "shard_no = ? ORDER BY part_no",
+            where,
+        ).fetchall()
+        if not parts:
+            legacy = _legacy_errors(ledger, where)
+            if legacy:
+                out.write((legacy if not header else _without_header(legacy, delimiter)).encode())
+                header = True
+            continue
+        for (part,) in parts:
+            if int(part) == 0 and header:
+                continue
+            (row,) = ledger.store.execute(
+                "SELECT data FROM shard_errors WHERE dataflow = ? AND send_key = ? AND "
+                "shard_no = ? AND part_no = ?",
+                (*where, int(part)),
+            ).fetchall()
+            out.write(bytes(row[0]))
+        header = header or bool(parts)
+
+
 def _without_header(text: str, delimiter: str) -> str:
     """An error file's rows without its header (a CSV record, perhaps over several lines)."""
     lines = io.StringIO(text, newline="").readlines()
     reader = csv.reader(iter(lines), delimiter=delimiter)
     next(reader, None)
     return "".join(lines[reader.line_num :])
+
+
+Failed = dict[tuple[str, str], np.ndarray]  # (code, message) -> int64 lines the API failed
+
+
+def pack_failed(failed: Mapping[int, tuple[str, str]]) -> list[list[str]]:
+    """A shard's failed lines as stored: [[code, message, base64 of int64 lines]], 8 bytes a
+    line (not one JSON list per line)."""
+    by_error: dict[tuple[str, str], list[int]] = {}
+    for line, (code, message) in failed.items():
+        by_error.setdefault((str(code), message), []).append(line)
+    return [
+        [code, message, base64.b64encode(np.array(sorted(lines), np.int64).tobytes()).decode()]
+        for (code, message), lines in by_error.items()
+    ]
+
+
+def unpack_failed(text: str | None, into: Failed) -> None:
+    """Add a shard's stored failed lines to `into` (also the per-line form of an earlier
+    version: [[line, code, message]])."""
+    for entry in json.loads(text or "[]"):
+        if isinstance(entry[0], int):  # [line, code, message]
+            lines = np.array([entry[0]], np.int64)
+            code, message = str(entry[1]), str(entry[2])
+        else:
+            code, message = str(entry[0]), str(entry[1])
+            lines = np.frombuffer(base64.b64decode(entry[2]), dtype=np.int64)
+        before = into.get((code, message))
+        into[(code, message)] = lines if before is None else np.concatenate([before, lines])
+
+
+SHARD_COLUMNS = (
+    "shard_no, rows_total, rows_filtered, rows_rejected, rows_sent, rows_succeeded, "
+    "rows_failed, error_rows, summary, failed"
+)
+
+
+def _shards(ledger: Ledger, dataflow: str, key: str) -> list[dict[str, Any]]:
+    """The set's shards, their counts, summaries and failed lines (not their error rows)."""
+    return ledger.select(
+        f"SELECT {SHARD_COLUMNS} FROM shards WHERE dataflow = ? AND send_key = ? ORDER BY shard_no",
+        (dataflow, key),
+    )
+
+
+def _legacy_errors(ledger: Ledger, where: tuple[str, str, int]) -> str:
+    """The error file an earlier version stored whole in a shard's row ('' if none)."""
+    rows = ledger.store.execute(
+        "SELECT errors FROM shards WHERE dataflow = ? AND send_key = ? AND shard_no = ?", where
+    ).fetchall()
+    return bytes(rows[0][0]).decode("utf-8") if rows and rows[0][0] else ""
 
 
 async def _finish_set(
@@ -409,29 +616,23 @@ async def _finish_set(
     one: dict[str, Any],
 ) -> None:
     """The last shard: one error file from all shards, the original moved, the file recorded
-    once in the run that split it. Each step is recorded, so an interrupted finish resumes."""
+    once in the run that split it, whose status is derived again and whose alerts are raised.
+    Each step is recorded, so an interrupted finish resumes."""
     key = str(one["send_key"])
-    shards = ledger.select(
-        "SELECT * FROM shards WHERE dataflow = ? AND send_key = ? ORDER BY shard_no",
-        (chain.dataflow, key),
-    )
+    shards = _shards(ledger, chain.dataflow, key)
     report = FileReport(str(one["name"]), str(one["lineage_id"]), size=int(one["size"] or 0))
     report.sha256, report.send_no = str(one["sha256"]), int(one["send_no"])
     for name in COUNTS:
         setattr(report, f"rows_{name}", sum(int(s[f"rows_{name}"] or 0) for s in shards))
     errors = ErrorFile(workdir / "errors.csv", [], chain.transform.delimiter)
     kinds: Counter[tuple[str, str, str]] = Counter()
-    failed: dict[int, tuple[str, str]] = {}
-    with errors.path.open("w", encoding="utf-8", newline="") as out:
-        for shard in shards:
-            text = bytes(shard["errors"] or b"").decode("utf-8")
-            if text:
-                out.write(text if not errors.rows else _without_header(text, errors.delimiter))
-                errors.rows += int(shard["error_rows"] or 0)
-            for stage, code, message, count in json.loads(shard["summary"] or "[]"):
+    failed: Failed = {}
+    for shard in shards:
+        errors.rows += int(shard["error_rows"] or 0)
+        for stage, code, message, count in json.loads(shard["summary"] or "[]"):
+            if (stage, code, message) != ("", "", "other errors"):  # the rest: summed again
                 kinds[(stage, code, message)] += int(count)
-            for line, code, message in json.loads(shard["failed"] or "[]"):
-                failed[int(line)] = (code, message)
+        unpack_failed(shard["failed"], failed)
     errors.kinds = kinds
     checkpoints = ledger.checkpoints(chain.dataflow)
     progress = checkpoints.open(report.sha256, report.name, report.send_no)
@@ -442,6 +643,7 @@ async def _finish_set(
             name = progress.error_name or error_file_name(file.name, timestamp())
             if progress.error_name is None:
                 checkpoints.error_file(key, name=name)
+            await asyncio.to_thread(_write_errors, ledger, key, shards, errors, chain)
             local, name = await asyncio.to_thread(protect_output, chain, errors.path, name)
             report.error_file = await asyncio.to_thread(chain.source.upload_error_file, local, name)
             checkpoints.error_file(key, path=report.error_file)
@@ -457,12 +659,15 @@ async def _finish_set(
     report.status = "partial" if report.rows_rejected + report.rows_failed else "success"
     run = RunReport(chain.dataflow, str(one["run_id"]), "")
     with ledger.transaction(chain.dataflow) as db:
-        ledger.finish_file(run, report, errors.summary(), failed)
+        ledger.finish_file(run, report, errors.summary(), failed_lines=failed)
         db.execute(
             "UPDATE shard_sets SET state = 'finished' WHERE dataflow = ? AND send_key = ?",
             (chain.dataflow, key),
         )
-        ledger.refresh_run(run.run_id)
+        db.execute(
+            "DELETE FROM shard_errors WHERE dataflow = ? AND send_key = ?", (chain.dataflow, key)
+        )
+        status = ledger.refresh_run(run.run_id, finished_at=_now())
     log.info(
         "%s: finished from %d shards: %s (%d rows: %d accepted, %d rejected, %d failed); moved "
         "to %s",
@@ -475,15 +680,25 @@ async def _finish_set(
         report.rows_failed,
         report.processed_path,
     )
-    _alert(dataflow, ledger, run, report)
+    if status is not None and status != IN_PROGRESS:
+        _alert(dataflow, ledger, run.run_id)
 
 
-def _alert(dataflow: Dataflow, ledger: Ledger, run: RunReport, report: FileReport) -> None:
-    """The alerts of the run that split the file, for this file, now that it is finished."""
-    rows = ledger.select("SELECT started_at, finished_at FROM runs WHERE run_id = ?", (run.run_id,))
-    if rows:
-        run.started_at = str(rows[0]["started_at"])
-        run.finished_at = str(rows[0]["finished_at"] or "")
-    run.files = [report]
-    run.settle()
-    alert_run(dataflow, run, ledger)
+def _write_errors(
+    ledger: Ledger, key: str, shards: list[dict[str, Any]], errors: ErrorFile, chain: Chain
+) -> None:
+    numbers = [int(s["shard_no"]) for s in shards]
+    with errors.path.open("wb") as out:
+        assemble_errors(ledger, chain.dataflow, key, numbers, out, errors.delimiter)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _alert(dataflow: Dataflow, ledger: Ledger, run_id: str) -> None:
+    """The alerts of the run that split the file, now that its last file is finished: its
+    true status from every file it recorded (it raised none while it was in progress)."""
+    run = ledger.run_report(run_id)
+    if run is not None:
+        alert_run(dataflow, run, ledger)

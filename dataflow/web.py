@@ -108,7 +108,7 @@ th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
 td.path{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
 .status{font-weight:600;padding:0 .35rem;border-radius:3px}
 .success{background:#dafbe1}.partial{background:#fff8c5}.failure{background:#ffebe9}
-.no_files,.duplicate{background:#eaeef2}.running{background:#ddf4ff}
+.no_files,.duplicate{background:#eaeef2}.running,.in_progress{background:#ddf4ff}
 section.run{border-top:2px solid #d0d7de;margin-top:1rem;padding-top:.3rem}
 table.errors{width:auto;margin-left:1.5rem}form{margin:.6rem 0}
 """

@@ -41,7 +41,7 @@ from dataflow.alerts.model import (
     merge,
 )
 from dataflow.errors import StateError
-from dataflow.report import RunReport
+from dataflow.report import IN_PROGRESS, RunReport
 
 if TYPE_CHECKING:
     from dataflow.config import Dataflow
@@ -72,6 +72,8 @@ def alert_run(dataflow: Dataflow, report: RunReport, ledger: Ledger) -> None:
     """Send the alerts a finished run raises. Never raises."""
     config = dataflow.model.alerts
     if config is None or not config.channels or report.dry_run or report.skipped:
+        return
+    if report.status == IN_PROGRESS:  # sent in shards: the last one alerts (dataflow.shards)
         return
     try:
         previous = None

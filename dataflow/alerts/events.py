@@ -9,7 +9,9 @@
 - ``no_file``: from the scheduler, when no file was picked up between the previous deadline
   and this one.
 
-Dry runs and runs skipped because another process held the dataflow raise nothing.
+Dry runs and runs skipped because another process held the dataflow raise nothing. A run
+with a file still sent in shards (status ``in_progress``) raises nothing yet: the last shard
+to finish raises the run's alerts, once, with its true status (`dataflow.shards`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from zoneinfo import ZoneInfo
 
 from dataflow.alerts.model import AlertsConfig, Event
 from dataflow.redact import redact
-from dataflow.report import RunReport
+from dataflow.report import IN_PROGRESS, RunReport
 from dataflow.trigger import When
 
 
@@ -68,8 +70,8 @@ def run_alerts(
     config: AlertsConfig, report: RunReport, previous: tuple[str, str | None] | None
 ) -> list[Alert]:
     """The alerts `report` raises; `previous` is the (status, reason) of the run before it."""
-    if report.dry_run or report.skipped:
-        return []
+    if report.dry_run or report.skipped or report.status == IN_PROGRESS:
+        return []  # an in-progress run's alerts come when its last shard finishes
     wanted = set(config.events)
     at = report.finished_at or now_iso()
     files = [f.to_dict() for f in report.files]
