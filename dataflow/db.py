@@ -50,10 +50,25 @@ def _text(name: str, *, nullable: bool = True, primary: bool = False) -> sa.Colu
     return sa.Column(name, sa.Text, nullable=nullable and not primary, primary_key=primary)
 
 
-def _int(name: str, *, default: int | None = None) -> sa.Column[Any]:
-    if default is None:
-        return sa.Column(name, sa.BigInteger)
-    return sa.Column(name, sa.BigInteger, nullable=False, server_default=sa.text(str(default)))
+def _int(
+    name: str, *, nullable: bool = True, primary: bool = False, default: int | None = None
+) -> sa.Column[Any]:
+    if default is not None:
+        return sa.Column(name, sa.BigInteger, nullable=False, server_default=sa.text(str(default)))
+    return sa.Column(name, sa.BigInteger, nullable=nullable and not primary, primary_key=primary)
+
+
+def _keys(*names: str) -> list[sa.Column[Any]]:
+    """The text columns of a table's primary key, in order."""
+    return [_text(name, primary=True) for name in names]
+
+
+COUNTS = ("total", "filtered", "rejected", "sent", "succeeded", "failed")  # a file's rows_*
+
+
+def _counts() -> list[sa.Column[Any]]:
+    """A file's (or a shard's) row counts, ``rows_total`` ... ``rows_failed``."""
+    return [_int(f"rows_{name}") for name in COUNTS]
 
 
 def _seq() -> sa.Column[Any]:
@@ -83,7 +98,7 @@ sa.Table(
     _text("sha256"),
     _text("lineage_id", primary=True),
     _text("status", nullable=False),
-    *(_int(f"rows_{n}") for n in ("total", "filtered", "rejected", "sent", "succeeded", "failed")),
+    *_counts(),
     _text("processed_path"),
     _text("error_file"),
     _text("reason"),
@@ -92,30 +107,29 @@ sa.Table(
     _seq(),
     sa.Index("files_by_content", "dataflow", "sha256", "status"),
 )
-sa.Table("fires", METADATA, _text("dataflow", primary=True), _text("local_minute", primary=True))
+sa.Table("fires", METADATA, *_keys("dataflow", "local_minute"))
 sa.Table(
     "error_summary",
     METADATA,
-    *(_text(n, primary=True) for n in ("run_id", "lineage_id", "stage", "code", "message")),
-    sa.Column("count", sa.BigInteger, nullable=False),
+    *_keys("run_id", "lineage_id", "stage", "code", "message"),
+    _int("count", nullable=False),
 )
 sa.Table(
     "line_failures",
     METADATA,
-    *(_text(n, primary=True) for n in ("dataflow", "lineage_id", "code", "message")),
+    *_keys("dataflow", "lineage_id", "code", "message"),
     sa.Column("lines", sa.LargeBinary, nullable=False),
 )
 sa.Table(
     "counters",
     METADATA,
-    *(_text(n, primary=True) for n in ("name", "dataflow", "label")),
-    sa.Column("value", sa.BigInteger, nullable=False),
+    *_keys("name", "dataflow", "label"),
+    _int("value", nullable=False),
 )
 sa.Table(
     "progress",
     METADATA,
-    _text("dataflow", primary=True),
-    _text("sha256", primary=True),
+    *_keys("dataflow", "sha256"),
     _text("name", nullable=False),
     _text("lineage_id", nullable=False),
     _text("error_name"),
@@ -153,10 +167,9 @@ CREATE TABLE IF NOT EXISTS leases (
 sa.Table(
     "leases",
     METADATA,
-    _text("dataflow", primary=True),
-    _text("name", primary=True),
+    *_keys("dataflow", "name"),
     _text("owner", nullable=False),
-    sa.Column("fence", sa.BigInteger, nullable=False),
+    _int("fence", nullable=False),
     sa.Column("lease_until", sa.Float, nullable=False),
 )
 
@@ -204,19 +217,18 @@ CREATE TABLE IF NOT EXISTS shard_errors (  -- a done shard's error file, in part
 sa.Table(
     "shard_sets",
     METADATA,
-    _text("dataflow", primary=True),
-    _text("send_key", primary=True),
+    *_keys("dataflow", "send_key"),
     _text("name", nullable=False),
     _text("path", nullable=False),
     _int("size"),
     _int("mtime"),
     _text("ok_path"),
     _text("sha256", nullable=False),
-    sa.Column("send_no", sa.BigInteger, nullable=False),
+    _int("send_no", nullable=False),
     _text("run_id", nullable=False),
     _text("lineage_id", nullable=False),
     _text("config_path", nullable=False),
-    sa.Column("shards", sa.BigInteger, nullable=False),
+    _int("shards", nullable=False),
     _text("state", nullable=False),
     _text("processed_path"),
     _int("chunk_bytes"),
@@ -225,13 +237,12 @@ sa.Table(
 sa.Table(
     "shards",
     METADATA,
-    _text("dataflow", primary=True),
-    _text("send_key", primary=True),
-    sa.Column("shard_no", sa.BigInteger, primary_key=True),
-    sa.Column("chunk_from", sa.BigInteger, nullable=False),
+    *_keys("dataflow", "send_key"),
+    _int("shard_no", primary=True),
+    _int("chunk_from", nullable=False),
     _int("chunk_to"),
     _text("state", nullable=False),
-    *(_int(f"rows_{n}") for n in ("total", "filtered", "rejected", "sent", "succeeded", "failed")),
+    *_counts(),
     _int("error_rows"),
     sa.Column("errors", sa.LargeBinary),
     _text("summary"),
@@ -241,10 +252,9 @@ sa.Table(
 sa.Table(
     "shard_errors",
     METADATA,
-    _text("dataflow", primary=True),
-    _text("send_key", primary=True),
-    sa.Column("shard_no", sa.BigInteger, primary_key=True),
-    sa.Column("part_no", sa.BigInteger, primary_key=True),
+    *_keys("dataflow", "send_key"),
+    _int("shard_no", primary=True),
+    _int("part_no", primary=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
 # columns added to existing tables, by schema version (create_all adds only missing tables)

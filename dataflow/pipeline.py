@@ -24,7 +24,7 @@ import itertools
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -55,17 +55,9 @@ T = TypeVar("T")
 class Sharder(Protocol):
     """Splits a big file into shards sent by workers (`dataflow.shards`), on a worker only."""
 
-    async def split(
-        self,
-        chain: Chain,
-        file: RemoteFile,
-        path: Path,
-        report: FileReport,
-        progress: Progress,
-        ledger: Ledger,
-        run: RunReport,
-    ) -> bool:
-        """True when the file (decrypted at `path`) was split and its shards enqueued."""
+    async def split(self, decrypted: Decrypted) -> bool:
+        """True when the file (decrypted at `decrypted.path`) was split and its shards
+        enqueued."""
         ...
 
 
@@ -82,6 +74,19 @@ class Chain:
     retry: Retry | None = None  # send again only the failed lines of a processed file
     shards: Sharder | None = None  # on a worker: big files are split into shards
     chunks: range | None = None  # a shard: only these chunks (0-based, in file order)
+
+
+@dataclass(frozen=True)
+class Decrypted:
+    """A file being processed, decrypted and prepared at `path`: what a `Sharder` splits."""
+
+    chain: Chain
+    file: RemoteFile
+    path: Path
+    report: FileReport
+    progress: Progress
+    ledger: Ledger
+    run: RunReport
 
 
 @dataclass(frozen=True)
@@ -164,19 +169,9 @@ async def _process(
         path = await asyncio.to_thread(source.prepare, path, filedir)
         stage = chain.transform.config.name
         stream = await asyncio.to_thread(chain.transform.read, path)  # header, encoding checked
-        if _may_shard(chain) and await _split(chain, file, path, report, progress, ledger, run):
+        if await _split(Decrypted(chain, file, path, report, progress, ledger, run)):
             return  # the last shard to finish records it, moves it, writes its error file
-        errors = ErrorFile(
-            filedir / "errors.csv",
-            stream.columns,
-            chain.transform.delimiter,
-            neutralize_formulas=source.neutralize_formulas,
-            all_rows=source.result_file == "all",
-        )
-        try:
-            await _send_rows(chain, stream, errors, report, progress, ledger)
-        finally:
-            errors.close()
+        errors = await _send(chain, stream, filedir, report, progress, ledger)
     except FileRejected as exc:
         reason = redact(str(exc))
         log.error("%s: rejected at %s: %s", file.name, stage, reason)
@@ -197,21 +192,12 @@ async def _process(
     await _finish(chain, file, errors, report, progress, ledger, run, failed=False)
 
 
-def _may_shard(chain: Chain) -> bool:
-    return chain.shards is not None and chain.retry is None and not chain.dry_run
-
-
-async def _split(
-    chain: Chain,
-    file: RemoteFile,
-    path: Path,
-    report: FileReport,
-    progress: Progress,
-    ledger: Ledger,
-    run: RunReport,
-) -> bool:
-    assert chain.shards is not None
-    return await chain.shards.split(chain, file, path, report, progress, ledger, run)
+async def _split(decrypted: Decrypted) -> bool:
+    """True when the chain's sharder (a worker's; not in a retry or a dry run) split it."""
+    chain = decrypted.chain
+    if chain.shards is None or chain.retry is not None or chain.dry_run:
+        return False
+    return await chain.shards.split(decrypted)
 
 
 def _forced_before(chain: Chain, ledger: Ledger, sha: str) -> bool:
@@ -233,6 +219,30 @@ def _open_progress(
     if again:
         return checkpoints.open(sha, name, ledger.next_send(chain.dataflow, sha))
     return checkpoints.open(sha, name)
+
+
+async def _send(
+    chain: Chain,
+    stream: RowStream,
+    filedir: Path,
+    report: FileReport,
+    progress: Progress,
+    ledger: Ledger,
+) -> ErrorFile:
+    """Send the stream's rows; its error file (closed) is ``errors.csv`` in `filedir`."""
+    source = chain.source
+    errors = ErrorFile(
+        filedir / "errors.csv",
+        stream.columns,
+        chain.transform.delimiter,
+        neutralize_formulas=source.neutralize_formulas,
+        all_rows=source.result_file == "all",
+    )
+    try:
+        await _send_rows(chain, stream, errors, report, progress, ledger)
+    finally:
+        errors.close()
+    return errors
 
 
 async def _send_rows(
@@ -351,18 +361,8 @@ async def _finish(
     if chain.dry_run:
         return
     source = chain.source
-    key = progress.key
-    checkpoints = ledger.checkpoints(chain.dataflow)
     if errors.rows:
-        if progress.error_path:
-            report.error_file = progress.error_path  # uploaded before an interruption
-        else:
-            name = progress.error_name or error_file_name(file.name, timestamp())
-            if progress.error_name is None:
-                checkpoints.error_file(key, name=name)
-            local, name = await asyncio.to_thread(protect_output, chain, errors.path, name)
-            report.error_file = await asyncio.to_thread(source.upload_error_file, local, name)
-            checkpoints.error_file(key, path=report.error_file)
+        if await upload_error_file(chain, file, errors.path, report, progress, ledger):
             crash_point("error_uploaded")
         log.info("%s: %d row(s) reported in %s", file.name, errors.rows, report.error_file)
     if chain.retry is None:
@@ -372,6 +372,33 @@ async def _finish(
     crash_point("moved")
     ledger.finish_file(run, report, errors.summary(), progress.failed)
     log.info("%s: moved to %s", file.name, report.processed_path)
+
+
+async def upload_error_file(
+    chain: Chain,
+    file: RemoteFile,
+    local: Path,
+    report: FileReport,
+    progress: Progress,
+    ledger: Ledger,
+    write: Callable[[], None] | None = None,
+) -> bool:
+    """Upload the error file `local` (made first by `write`, if given) into
+    ``report.error_file``, its name and then its path checkpointed, so a crash neither loses
+    it nor uploads it twice; False when it was uploaded before an interruption."""
+    if progress.error_path:
+        report.error_file = progress.error_path  # uploaded before an interruption
+        return False
+    checkpoints = ledger.checkpoints(chain.dataflow)
+    name = progress.error_name or error_file_name(file.name, timestamp())
+    if progress.error_name is None:
+        checkpoints.error_file(progress.key, name=name)
+    if write is not None:
+        await asyncio.to_thread(write)
+    local, name = await asyncio.to_thread(protect_output, chain, local, name)
+    report.error_file = await asyncio.to_thread(chain.source.upload_error_file, local, name)
+    checkpoints.error_file(progress.key, path=report.error_file)
+    return True
 
 
 def protect_output(chain: Chain, local: Path, name: str) -> tuple[Path, str]:
@@ -419,20 +446,9 @@ async def process_shard(
     except FileRejected as exc:  # it was read when it was split: not the file's fault now
         raise FatalError(f"{file.path}: a shard could not read it again: {exc}") from exc
     try:
-        errors = ErrorFile(
-            filedir / "errors.csv",
-            stream.columns,
-            chain.transform.delimiter,
-            neutralize_formulas=source.neutralize_formulas,
-            all_rows=source.result_file == "all",
-        )
-        try:
-            await _send_rows(chain, stream, errors, report, progress, ledger)
-        finally:
-            errors.close()
+        return await _send(chain, stream, filedir, report, progress, ledger)
     finally:
         stream.close()
-    return errors
 
 
 def _sha256(path: Path) -> str:

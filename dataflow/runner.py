@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,7 +299,8 @@ async def _run(
                 )
                 continue
             try:
-                await _process_leased(chain, file, workdir, ledger, report, current, lease)
+                work = _process_one(chain, file, workdir, ledger, report, current)
+                await _under_lease(ledger, lease, work)
             except FileSkipped as exc:
                 current.status = "failure"
                 current.reason = f"skipped: {redact(str(exc))}"
@@ -367,17 +369,10 @@ def _claim(ledger: Ledger, dataflow: str, name: str, owner: str) -> Lease | None
     return ledger.claim_file(dataflow, name, owner, TTL(), steal=not ledger.postgres)
 
 
-async def _process_leased(
-    chain: Chain,
-    file: RemoteFile,
-    workdir: Path,
-    ledger: Ledger,
-    run: RunReport,
-    current: FileReport,
-    lease: Lease | None,
+async def _under_lease(
+    ledger: Ledger, lease: Lease | None, work: Coroutine[Any, Any, None]
 ) -> None:
-    """_process_one while the file's lease is renewed (none in a dry run)."""
-    work = _process_one(chain, file, workdir, ledger, run, current)
+    """`work` while the file's lease is renewed (none in a dry run)."""
     if lease is None:
         await work
         return

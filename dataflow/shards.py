@@ -31,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -54,13 +55,20 @@ from dataflow import lease as leases
 from dataflow import logs, metrics
 from dataflow.alerts import alert_run
 from dataflow.block import Block, FileStep, RemoteFile, RunContext, Sink, Source, Transform
-from dataflow.checkpoint import Progress
 from dataflow.config import Dataflow
-from dataflow.errorfile import ErrorFile, error_file_name, timestamp
+from dataflow.db import COUNTS
+from dataflow.errorfile import ErrorFile
 from dataflow.errors import FatalError
 from dataflow.lease import Lease, lease_seconds, worker_name
 from dataflow.ledger import Ledger
-from dataflow.pipeline import IN_PROGRESS, Chain, leased, process_shard, protect_output
+from dataflow.pipeline import (
+    IN_PROGRESS,
+    Chain,
+    Decrypted,
+    leased,
+    process_shard,
+    upload_error_file,
+)
 from dataflow.report import FileReport, RunReport
 
 log = logging.getLogger(__name__)
@@ -68,7 +76,6 @@ log = logging.getLogger(__name__)
 SHARD_ENV = "DATAFLOW_SHARD_ROWS"
 SHARD_DEFAULT = 1_000_000
 HEADER_READ = 1 << 16  # what dataflow.csvchunks reads with the header (its first chunk)
-COUNTS = ("total", "filtered", "rejected", "sent", "succeeded", "failed")
 PART_BYTES = 1 << 20  # a shard's error file is stored, and read back, in parts of this size
 DEFAULT_CHUNK_BYTES = 4 << 20  # a transform that does not say its chunk size
 # the transform settings (besides chunk_bytes) that decide where its chunks begin and end
@@ -129,16 +136,8 @@ class Sharder:
     config_path: str
     threshold: int
 
-    async def split(
-        self,
-        chain: Chain,
-        file: RemoteFile,
-        path: Path,
-        report: FileReport,
-        progress: Progress,
-        ledger: Ledger,
-        run: RunReport,
-    ) -> bool:
+    async def split(self, decrypted: Decrypted) -> bool:
+        chain, path, report = decrypted.chain, decrypted.path, decrypted.report
         if getattr(chain.transform.config, "duplicates", None) == "reject":
             return False  # a repeat is found across the whole file: one worker reads it
         newlines, plain = await asyncio.to_thread(scan, path)
@@ -153,10 +152,10 @@ class Sharder:
             f"about {rows} rows (above {SHARD_ENV} {self.threshold}): sent in {len(ranges)} "
             "shards by the workers; its counts, error file and move come when the last finishes"
         )
-        record_split(ledger, chain, file, report, progress, run, self.config_path, ranges, settings)
+        record_split(decrypted, self.config_path, ranges, settings)
         for number in range(len(ranges)):
-            self.enqueue(self.config_path, chain.dataflow, progress.key, number)
-        log.info("%s: %s", file.name, report.reason)
+            self.enqueue(self.config_path, chain.dataflow, decrypted.progress.key, number)
+        log.info("%s: %s", decrypted.file.name, report.reason)
         return True
 
 
@@ -176,17 +175,11 @@ def parse_settings(chain: Chain) -> dict[str, Any]:
 
 
 def record_split(
-    ledger: Ledger,
-    chain: Chain,
-    file: RemoteFile,
-    report: FileReport,
-    progress: Progress,
-    run: RunReport,
-    config_path: str,
-    ranges: list[range],
-    settings: dict[str, Any],
+    decrypted: Decrypted, config_path: str, ranges: list[range], settings: dict[str, Any]
 ) -> None:
     """The set, its shards and the file (in progress) in one transaction (the file's fence)."""
+    chain, file, report = decrypted.chain, decrypted.file, decrypted.report
+    ledger, run, progress = decrypted.ledger, decrypted.run, decrypted.progress
     key = progress.key
     with ledger.transaction(chain.dataflow) as db:
         for table in ("shard_errors", "shards", "shard_sets"):
@@ -634,19 +627,10 @@ async def _finish_set(
                 kinds[(stage, code, message)] += int(count)
         unpack_failed(shard["failed"], failed)
     errors.kinds = kinds
-    checkpoints = ledger.checkpoints(chain.dataflow)
-    progress = checkpoints.open(report.sha256, report.name, report.send_no)
+    progress = ledger.checkpoints(chain.dataflow).open(report.sha256, report.name, report.send_no)
     if errors.rows:
-        if progress.error_path:
-            report.error_file = progress.error_path  # uploaded before an interruption
-        else:
-            name = progress.error_name or error_file_name(file.name, timestamp())
-            if progress.error_name is None:
-                checkpoints.error_file(key, name=name)
-            await asyncio.to_thread(_write_errors, ledger, key, shards, errors, chain)
-            local, name = await asyncio.to_thread(protect_output, chain, errors.path, name)
-            report.error_file = await asyncio.to_thread(chain.source.upload_error_file, local, name)
-            checkpoints.error_file(key, path=report.error_file)
+        write = functools.partial(_write_errors, ledger, key, shards, errors, chain)
+        await upload_error_file(chain, file, errors.path, report, progress, ledger, write)
     if one["processed_path"]:
         report.processed_path = str(one["processed_path"])  # moved before an interruption
     else:

@@ -40,6 +40,7 @@ import psycopg
 import sqlalchemy as sa
 import yaml
 
+from dataflow.runner import pid_alive
 from dataflow.sandbox import Emulator, PgpKeys, SftpServer, free_port, wait_for_port
 
 from .conftest import (
@@ -65,16 +66,6 @@ def ip(*args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_in_netns(name: str) -> None:
     for pid in ip("netns", "pids", name, check=False).split():
         with contextlib.suppress(ProcessLookupError, ValueError):
@@ -87,16 +78,16 @@ def clean_leftovers() -> None:
     for line in ip("netns", "list", check=False).splitlines():
         name = line.split(" ", 1)[0]
         match = re.fullmatch(rf"{PREFIX}-(\d+)-\d-w\d+", name)
-        if match and not _alive(int(match[1])):
+        if match and not pid_alive(int(match[1])):
             _kill_in_netns(name)
             ip("netns", "del", name, check=False)
     for line in ip("-o", "link", "show", check=False).splitlines():
         match = re.match(rf"\d+: ({PREFIX}(\d+)x\dh\d+)[@:]", line)
-        if match and not _alive(int(match[2])):
+        if match and not pid_alive(int(match[2])):
             ip("link", "del", match[1], check=False)
     for line in ip("-o", "-4", "addr", "show", "dev", "lo", check=False).splitlines():
         match = re.search(rf"inet (\S+) .* lo:{PREFIX}(\d+)x\d\b", line)
-        if match and not _alive(int(match[2])):
+        if match and not pid_alive(int(match[2])):
             _kill_users_of(match[1].split("/")[0])  # its services and their clients
             ip("addr", "del", match[1], "dev", "lo", check=False)
 
