@@ -1,23 +1,27 @@
 """A lean HTTP/1.1 client for http_write's badge API calls (the hot path of a big file).
 
-httpx spends about 1 ms of CPU per request (its models, httpcore's pool, h11, anyio), as much
-as mapping several hundred rows; this client writes one request head plus the body on a
-kept-alive asyncio connection and reads the answer (Content-Length, chunked or until close)
-in about a tenth of that. It answers with an `httpx.Response` and fails with httpx's
-exceptions, so the caller's handling of statuses, timeouts and dropped connections is the
-same as with httpx:
+httpx spends about 1 ms of CPU per request (its models, httpcore's pool, anyio), as much as
+mapping several hundred rows. This client keeps only what the badge calls need: a pool of
+kept-alive asyncio connections to one origin, each driven by h11 (httpx's own HTTP/1.1 state
+machine, which does the framing: the request head, the status line and headers,
+Content-Length, chunked or until-close bodies, keep-alive, and its protocol checks). It
+answers with an `httpx.Response` and fails with httpx's exceptions, so the caller's handling
+of statuses, timeouts and dropped connections is the same as with httpx:
 
 - connecting: `httpx.ConnectError` (refused, unreachable, a TLS failure), `httpx.ConnectTimeout`;
 - writing: `httpx.WriteError`, `httpx.WriteTimeout`;
-- reading: `httpx.ReadError`, `httpx.ReadTimeout` (`timeout` for each read: the head, then
-  the body or each chunk), `httpx.RemoteProtocolError` (the server closed without an answer,
-  or answered something that is not HTTP/1.1).
+- reading: `httpx.ReadError`, `httpx.ReadTimeout` (`timeout` for each read),
+  `httpx.RemoteProtocolError` (the server closed without a complete answer, or answered
+  something h11 refuses as HTTP/1.1);
+- a header that cannot be sent (a line break in a value): `httpx.LocalProtocolError`, naming
+  the header but not its value (h11's own message quotes it).
 
 TLS uses the context httpx would (`httpx.create_ssl_context(verify)`, so ``ca_bundle`` and
 ``SSL_CERT_FILE`` mean the same), with SNI and ALPN ``http/1.1``. An idle connection is
 reused for at most `KEEPALIVE_EXPIRY` seconds (httpcore's default) and never after the
-server closed it or asked to (``Connection: close``). The body is asked for uncompressed
-(``Accept-Encoding: identity``); a compressed answer is still decoded (by `httpx.Response`).
+server closed it or asked to (``Connection: close``, HTTP/1.0). The body is asked for
+uncompressed (``Accept-Encoding: identity``); a compressed answer is still decoded (by
+`httpx.Response`).
 
 `usable` says when it applies: an ``http``/``https`` base URL without user info, query or
 fragment, a plain endpoint path, and no proxy in the environment (httpx would honour
@@ -31,16 +35,18 @@ import re
 import ssl
 import time
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import h11
 import httpx
 
 KEEPALIVE_EXPIRY = 5.0  # seconds an idle connection is kept (httpcore's default)
-MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers
+MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers (h11's default)
+READ_SIZE = 64 * 1024  # bytes asked for per read
 _PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
-_BAD_VALUE = re.compile(r"[\r\n\0]")
-_NO_BODY = frozenset({204, 304})
+
+Headers = Sequence[tuple[bytes, bytes]]
 
 
 def usable(base_url: str, endpoint: str) -> bool:
@@ -81,7 +87,7 @@ class FastHttp:
             self._ssl.set_alpn_protocols(["http/1.1"])
         fixed = {"Host": url.netloc.decode("ascii"), **headers}
         fixed["Accept-Encoding"] = "identity"
-        self._fixed = _header_block(fixed)
+        self._fixed = _encoded(fixed)
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(max_connections)
 
@@ -94,17 +100,17 @@ class FastHttp:
         before_send: Callable[[], None],
     ) -> httpx.Response:
         """Send one request and read its answer. `before_send` runs once a connection is
-        ready, just before the first byte is written; if it raises, nothing is sent and the
+        ready, just before the request is written; if it raises, nothing is sent and the
         exception propagates."""
-        target = self.prefix + endpoint
-        head = b"".join(
-            (
-                f"{method} {target} HTTP/1.1\r\n".encode("ascii"),
-                self._fixed,
-                _header_block(headers),
-                b"Content-Length: %d\r\n\r\n" % len(body),
-            )
-        )
+        fields = [*self._fixed, *_encoded(headers), (b"Content-Length", b"%d" % len(body))]
+        try:  # h11 checks the method, target and headers here, before any connection
+            head = h11.Request(method=method, target=self.prefix + endpoint, headers=fields)
+        except h11.LocalProtocolError:
+            # h11's message quotes the offending value (a token, perhaps): name the field only
+            where = _refused(method, self.prefix + endpoint, fields)
+            raise httpx.LocalProtocolError(
+                f"cannot send {method} {endpoint}: {where} is not valid HTTP/1.1"
+            ) from None
         async with self._slots:
             connection = await self._connection()
             try:
@@ -113,9 +119,7 @@ class FastHttp:
                 self._idle.append(connection)  # unused: still good
                 raise
             try:
-                status, raw_headers, content, reusable = await connection.exchange(
-                    head, body, self.timeout
-                )
+                response, content, reusable = await connection.exchange(head, body, self.timeout)
             except BaseException:
                 connection.close()
                 raise
@@ -124,7 +128,9 @@ class FastHttp:
                 self._idle.append(connection)
             else:
                 connection.close()
-        return httpx.Response(status, headers=raw_headers, content=content)
+        return httpx.Response(
+            response.status_code, headers=response.headers.raw_items(), content=content
+        )
 
     async def _connection(self) -> _Connection:
         now = time.monotonic()
@@ -144,7 +150,6 @@ class FastHttp:
                     self.port,
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl is not None else None,
-                    limit=MAX_HEAD,
                 )
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"connecting to {where} timed out") from exc
@@ -163,19 +168,37 @@ class FastHttp:
         await self.aclose()
 
 
-def _header_block(headers: Mapping[str, str]) -> bytes:
-    lines = []
+def _encoded(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """Header names and values as bytes (h11 validates them when the request is made)."""
+    fields = []
     for name, value in headers.items():
-        if _BAD_VALUE.search(name) or _BAD_VALUE.search(value) or ":" in name:
-            raise httpx.LocalProtocolError(f"the header {name!r} holds a line break or NUL")
-        lines.append(f"{name}: {value}\r\n")
-    return "".join(lines).encode("latin-1")
+        try:
+            fields.append((name.encode("ascii"), value.encode("latin-1")))
+        except UnicodeEncodeError:
+            raise httpx.LocalProtocolError(
+                f"the header {name!r} cannot be sent as HTTP/1.1 (not ASCII/Latin-1)"
+            ) from None
+    return fields
+
+
+def _refused(method: str, target: str, fields: list[tuple[bytes, bytes]]) -> str:
+    """Which part of a request h11 refuses, named without its value."""
+    for name, value in fields:
+        probe = [(name, value)] if name.lower() == b"host" else [(b"Host", b"h"), (name, value)]
+        try:
+            h11.Request(method=method, target=target, headers=probe)
+        except h11.LocalProtocolError:
+            return f"the header {name.decode('ascii', 'replace')!r}"
+    return "the method or the target"
 
 
 class _Connection:
+    """One TCP (or TLS) connection and its h11 state machine."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.idle_since = time.monotonic()
 
     def alive(self, now: float) -> bool:
@@ -188,16 +211,16 @@ class _Connection:
         self.writer.close()
 
     async def exchange(
-        self, head: bytes, body: bytes, timeout: float
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
-        """Write the request, read the answer: (status, headers, body, reusable).
+        self, head: h11.Request, body: bytes, timeout: float
+    ) -> tuple[h11.Response, bytes, bool]:
+        """Write the request, read the answer: (response, body, reusable).
 
         A server may answer (413, say) and close before it read the whole body: as httpcore
         does, a failed write is followed by an attempt to read that answer."""
         failed: OSError | None = None
         try:
             async with asyncio.timeout(timeout):
-                self.writer.writelines((head, body))
+                self.writer.writelines(self._serialised(head, body))
                 await self.writer.drain()
         except TimeoutError as exc:
             raise httpx.WriteTimeout("writing the request timed out") from exc
@@ -205,100 +228,46 @@ class _Connection:
             failed = exc
         if failed is not None:
             try:
-                status, headers, content, _ = await self._answer(timeout)
-            except (
-                OSError,
-                asyncio.IncompleteReadError,
-                asyncio.LimitOverrunError,
-                ValueError,
-            ) as exc:
+                response, content, _ = await self._answer(timeout)
+            except (OSError, h11.ProtocolError) as exc:
                 raise httpx.WriteError(f"writing the request failed: {failed}") from exc
-            return status, headers, content, False
+            return response, content, False
         try:
             return await self._answer(timeout)
         except TimeoutError as exc:
             raise httpx.ReadTimeout("reading the answer timed out") from exc
-        except asyncio.IncompleteReadError as exc:
-            why = "without sending a response" if not exc.partial else "in the middle of it"
-            raise httpx.RemoteProtocolError(f"the server disconnected {why}") from exc
-        except asyncio.LimitOverrunError as exc:
-            raise httpx.RemoteProtocolError("the answer's head is too long") from exc
-        except (ValueError, IndexError) as exc:
-            raise httpx.RemoteProtocolError(f"the answer is not HTTP/1.1: {exc}") from exc
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(f"the answer is not valid HTTP/1.1: {exc}") from exc
         except OSError as exc:
             raise httpx.ReadError(f"reading the answer failed: {exc}") from exc
 
-    async def _answer(self, timeout: float) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    def _serialised(self, head: h11.Request, body: bytes) -> list[bytes]:
+        parts = [self.h11.send(head) or b""]
+        parts += self.h11.send_with_data_passthrough(h11.Data(data=body)) or []
+        parts.append(self.h11.send(h11.EndOfMessage()) or b"")
+        return parts
+
+    async def _answer(self, timeout: float) -> tuple[h11.Response, bytes, bool]:
+        response: h11.Response | None = None
+        parts: list[bytes] = []
         while True:
-            async with asyncio.timeout(timeout):
-                text = await self.reader.readuntil(b"\r\n\r\n")
-            version, status, headers = _head(text)
-            if not 100 <= status < 200:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                async with asyncio.timeout(timeout):
+                    self.h11.receive_data(await self.reader.read(READ_SIZE))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                parts.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
                 break
-            if status == 101:
-                raise ValueError("101 Switching Protocols was not asked for")
-        fields = {name.lower(): value for name, value in headers}
-        close = version == b"HTTP/1.0" or b"close" in fields.get(b"connection", b"").lower()
-        if status in _NO_BODY:
-            return status, headers, b"", not close
-        coding = fields.get(b"transfer-encoding")
-        if coding is not None:
-            if coding.lower().rsplit(b",", 1)[-1].strip() != b"chunked":
-                return status, headers, await self._until_close(timeout), False
-            return status, headers, await self._chunked(timeout), not close
-        length = fields.get(b"content-length")
-        if length is None:
-            return status, headers, await self._until_close(timeout), False
-        size = _length(headers)
-        async with asyncio.timeout(timeout):
-            content = await self.reader.readexactly(size)
-        return status, headers, content, not close
-
-    async def _chunked(self, timeout: float) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            async with asyncio.timeout(timeout):
-                line = await self.reader.readuntil(b"\r\n")
-                size = int(line.split(b";", 1)[0].strip(), 16)
-                if size == 0:
-                    while await self.reader.readuntil(b"\r\n") != b"\r\n":
-                        pass  # trailer fields: not used
-                    return b"".join(parts)
-                chunk = await self.reader.readexactly(size + 2)
-            if chunk[-2:] != b"\r\n":
-                raise ValueError("a chunk does not end with CRLF")
-            parts.append(chunk[:-2])
-
-    async def _until_close(self, timeout: float) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            async with asyncio.timeout(timeout):
-                part = await self.reader.read(1 << 16)
-            if not part:
-                return b"".join(parts)
-            parts.append(part)
-
-
-def _head(text: bytes) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
-    """(version, status, headers) of a response head; ValueError when it is not HTTP/1.x."""
-    lines = text[:-4].split(b"\r\n")
-    version, code, *_ = lines[0].split(b" ", 2)
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise ValueError(f"the status line is {lines[0][:40]!r}")
-    headers = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-            raise ValueError(f"a header line is {line[:40]!r}")
-        headers.append((name, value.strip(b" \t")))
-    return version, int(code), headers
-
-
-def _length(headers: list[tuple[bytes, bytes]]) -> int:
-    values = {value.strip() for name, value in headers if name.lower() == b"content-length"}
-    if len(values) != 1:
-        raise ValueError("the answer has conflicting Content-Length headers")
-    (value,) = values
-    if not value.isdigit():
-        raise ValueError(f"the Content-Length is {value[:20]!r}")
-    return int(value)
+            elif isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    raise h11.RemoteProtocolError("101 Switching Protocols was not asked for")
+            elif isinstance(event, h11.ConnectionClosed):
+                raise h11.RemoteProtocolError("the server disconnected without an answer")
+        assert response is not None  # h11 sends EndOfMessage only after the Response
+        reusable = self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        if reusable:
+            self.h11.start_next_cycle()
+        return response, b"".join(parts), reusable

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ssl
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from dataflow.block import RunContext
+from dataflow.errors import FatalError
 from dataflow.fasthttp import FastHttp, usable
 from dataflow.sandbox import Emulator
+from dataflow.templates import EARNED_BADGES
+from dataflow_blocks.http_write import HttpWrite, HttpWriteConfig
 
 from .alertkit import make_certificates
 from .test_http_write import make, requests, send
@@ -196,6 +201,8 @@ def test_an_idle_connection_closed_by_the_server_is_not_reused() -> None:
             answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", False),
             httpx.RemoteProtocolError,
         ),
+        (answer(b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000, False), httpx.RemoteProtocolError),
+        (answer(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", False), httpx.RemoteProtocolError),
     ],
 )
 def test_failures_are_the_httpx_exceptions(reply: Reply, error: type[Exception]) -> None:
@@ -236,9 +243,12 @@ def test_before_send_can_keep_the_request_back() -> None:
     assert all(not q.endswith(b"[9]") for q in server.requests)  # never written
 
 
-def test_header_values_cannot_inject_lines() -> None:
-    with pytest.raises(httpx.LocalProtocolError):
-        run([ok()], put(b"[]", X_Token="a\r\nX-Evil: 1"))
+@pytest.mark.parametrize("value", ["s3cret\r\nX-Evil: 1", "s3cret\0", "s3cret\u20ac"])
+def test_header_values_cannot_inject_lines_and_are_not_shown(value: str) -> None:
+    with pytest.raises(httpx.LocalProtocolError) as caught:
+        run([ok()], put(b"[]", **{"X-Token": value}))
+    assert "'X-Token'" in str(caught.value) and "s3cret" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
 
 def tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
@@ -248,10 +258,34 @@ def tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
     return context, ca
 
 
-def test_tls_with_the_ca_bundle(tmp_path: Path) -> None:
+def http_write(tmp_path: Path, ca_bundle: str) -> HttpWrite:
+    config = HttpWriteConfig.model_validate(
+        {
+            "name": "dest",
+            "base_url": "https://127.0.0.1:9",
+            "auth": {"type": "basic", "username": "u", "password": "p"},
+            "ca_bundle": ca_bundle,
+        }
+    )
+    return HttpWrite(config, RunContext("t", EARNED_BADGES, tmp_path, tmp_path))
+
+
+def test_tls_with_http_writes_ca_bundle_and_no_deprecated_verify(tmp_path: Path) -> None:
     context, ca = tls_server(tmp_path)
-    (first, second), server = run([ok(), ok()], twice, tls=context, verify=str(ca))
+    block = http_write(tmp_path, ca.name)  # relative to the dataflow file's folder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # httpx 0.28 deprecates verify=<str>
+        verify = block._verify()
+        asyncio.run(block._client().aclose())  # httpx is given the same kind of context
+        (first, second), server = run([ok(), ok()], twice, tls=context, verify=verify)
     assert first.status_code == second.status_code == 200 and server.connections == 1
+
+
+def test_an_unreadable_ca_bundle_is_a_fatal_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    for name in ("missing.pem", "junk.pem"):
+        with pytest.raises(FatalError, match=f"ca_bundle {tmp_path / name} cannot be read"):
+            http_write(tmp_path, name)._verify()
 
 
 def test_tls_refuses_a_server_it_does_not_trust(tmp_path: Path) -> None:
