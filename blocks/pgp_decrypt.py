@@ -346,6 +346,14 @@ def _kill_agent(home: str) -> None:
 
 
 _GPG_ARGS = ["--batch", "--yes", "--no-tty"]
+# No passphrase cache (a wrong passphrase is never rescued by a cached right one). The agent
+# keeps the imported key re-protected by the passphrase in the throwaway home; its default
+# protection is calibrated to ~100 ms of hashing on an idle core (measured ~1 s on a loaded
+# 2-core machine) and is paid again at every unlock: the probe in open() and each file, as
+# the cache is off. The minimum count (65536) makes that ~5 ms. It protects nothing more:
+# the home is ours (mode 700) and lives for one run, and whoever can read it can read this
+# process's passphrase too; the key as given in `private_key` keeps its own protection.
+_AGENT_CONF = "default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\ns2k-count 65536\n"
 _PROBE = b"dataflow: does the private key unlock?"
 
 
@@ -378,9 +386,7 @@ class PgpDecrypt(FileStep):
         # short: the agent's socket path is limited to ~108 bytes; the pid marks the owner
         home = tempfile.mkdtemp(prefix=f"{HOME_PREFIX}{os.getpid()}-", dir="/tmp")
         self._home = home
-        Path(home, "gpg-agent.conf").write_text(
-            "default-cache-ttl 0\nmax-cache-ttl 0\nallow-loopback-pinentry\n"
-        )
+        Path(home, "gpg-agent.conf").write_text(_AGENT_CONF)
         try:
             import gnupg
 

@@ -39,6 +39,7 @@ from dataflow.checkpoint import Progress
 from dataflow.errorfile import ErrorFile, error_file_name, timestamp
 from dataflow.errors import FatalError, FileRejected, Stopped
 from dataflow.faults import crash_point
+from dataflow.gctune import fewer_collections
 from dataflow.lease import Lease
 from dataflow.ledger import Ledger
 from dataflow.redact import redact
@@ -283,7 +284,8 @@ async def _send_rows(
             async for _ in requests():
                 pass
         else:
-            await chain.sink.send(requests(), console.counting(accounts.on_result))
+            with fewer_collections():  # issue 11: see dataflow.gctune
+                await chain.sink.send(requests(), console.counting(accounts.on_result))
     finally:  # a chunk mapped ahead and never reached: let its thread end, then drop it
         if ahead:
             await asyncio.wait(ahead)
