@@ -48,6 +48,7 @@ import yaml
 
 from dataflow.fasthttp import FastHttp
 from dataflow.sandbox import Emulator, PgpKeys, SftpServer
+from dataflow_blocks.pgp_decrypt import _AGENT_CONF as AGENT_CONF
 
 IMPORT_PATH = "/api_gateway/v1/badges/import/customerBadges"
 BASE = 1794801600  # 2026-11-16T04:00Z; one second apart, so every timestamp is unique
@@ -115,6 +116,9 @@ class Bed:
         )
         self.sftp.authorize_key(self.client_key.with_suffix(".pub").read_text())
         self.gpg_home = tempfile.mkdtemp(prefix="gb", dir="/tmp")
+        # the agent settings of pgp_decrypt's throwaway home (the key's local copy at the
+        # minimum s2k count): the limit's gpg pays the same ~5 ms unlock as dataflow's
+        Path(self.gpg_home, "gpg-agent.conf").write_text(AGENT_CONF)
         subprocess.run(
             [*self._gpg(), "--import", str(self.keys.private_key)], check=True, capture_output=True
         )
