@@ -10,6 +10,7 @@ the rows each worker's address sent are counted at the emulator. With
 Run by hand as root (not part of the suite):
 
     .venv/bin/python bench/cluster_timing.py --rows 300000 --shard-rows 100000
+    .venv/bin/python bench/cluster_timing.py --rows 300000 --shard-rows 100000 --latency-ms 200
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from tests.clusterkit import (
 def measure(services: Services, args: argparse.Namespace, workers: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="cluster-timing-") as tmp:
         cluster = Cluster(services, Path(tmp)).prepare()
+        assert services.api is not None
+        services.api.configure(latency_ms=args.latency_ms)  # a real API's time per request
         try:
             flows = cluster.dir / "flows"
             flows.mkdir()
@@ -75,6 +78,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rate", type=int, default=100_000, help="requests per second")
+    parser.add_argument("--latency-ms", type=int, default=0, help="the emulator's per request")
     parser.add_argument("--chunk-bytes", type=int, help="the parse chunk (shards are chunks)")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()

@@ -649,7 +649,7 @@ def map_rows(
                 told = pd.Series(failures, dtype="str").reindex(source.index).fillna("")
                 _note(problems, skip, field + ": the expression failed on this row: " + told)
         elif spec.column is not None:
-            values = source[spec.column].str.strip()
+            values = _stripped(source[spec.column])
         else:
             values = pd.Series(str(spec.const), index=source.index, dtype="str")
         if spec.map is not None:
@@ -659,7 +659,7 @@ def map_rows(
                 shown = original.str.slice(0, 60)
                 _note(problems, unmapped, _unmapped_message(field, spec, shown))
                 skip = skip | unmapped
-        empty = (values == "") & ~skip
+        empty = _empty(values) & ~skip
         if field in template.fields:
             _note(problems, empty, f"{field}: empty ({spec.described})")
         control = _controls(values) & ~skip
@@ -679,8 +679,10 @@ def map_rows(
     ok = problems == ""
     if template.row_rule is not None and ok.any():
         rule = template.row_rule(records[ok])
-        problems.loc[rule.index] = rule
-        ok = problems == ""
+        broken = (rule != "").to_numpy(dtype=bool, na_value=True)
+        if broken.any():  # the other rows' problems stay ""
+            problems.loc[rule.index[broken]] = rule[broken]
+            ok = problems == ""
     rejected = [
         RowError(int(n), STAGE_TRANSFORM, str(msg))  # type: ignore[call-overload]
         for n, msg in problems[~ok].items()
@@ -696,6 +698,76 @@ def _arrow_text(values: pd.Series[Any]) -> pa.LargeStringArray:
     if isinstance(text, pa.ChunkedArray):
         text = text.chunk(0) if text.num_chunks == 1 else text.combine_chunks()
     return text
+
+
+def _text_bytes(values: pd.Series[Any]) -> tuple[Any, Any] | None:
+    """The values' UTF-8 bytes (uint8) and the offset of each value in them (int64, one more
+    at the end), read from Arrow without a copy; None for values with a missing one or not
+    text (the callers then ask pandas)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if not len(values):
+        return None
+    try:
+        text = _arrow_text(values)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    if text.null_count:
+        return None
+    offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)
+    offsets = offsets[text.offset : text.offset + len(text) + 1]
+    data = np.frombuffer(text.buffers()[2] or b"", dtype=np.uint8)
+    return data, offsets
+
+
+def _stripped(values: pd.Series[Any]) -> pd.Series[Any]:
+    """``values.str.strip()``; the values themselves when none starts or ends with a byte
+    that may be whitespace (ASCII space or control, or any non-ASCII byte)."""
+    found = _text_bytes(values)
+    if found is None:
+        return values.str.strip()
+    data, offsets = found
+    sized = offsets[1:] > offsets[:-1]
+    ends = (data[offsets[:-1][sized]], data[offsets[1:][sized] - 1])
+    if any(((end <= 0x20) | (end >= 0x7F)).any() for end in ends):
+        return values.str.strip()
+    return values
+
+
+def _empty(values: pd.Series[Any]) -> pd.Series[Any]:
+    """``values == ""``, from the Arrow offsets where the values allow it."""
+    import numpy as np
+    import pandas as pd
+
+    found = _text_bytes(values)
+    if found is None:
+        return values == ""
+    return pd.Series(np.diff(found[1]) == 0, index=values.index)
+
+
+def _digit_runs(values: Any, sign: bytes, most: int) -> Any:
+    """Which values are 1 to `most` ASCII digits, after one optional leading character of
+    `sign` (a bool array, what ``fullmatch(r"[+]?[0-9]{1,most}")`` says); None where the
+    values are not plain text (missing ones): the callers use the regex then."""
+    import numpy as np
+
+    found = _text_bytes(values)
+    if found is None:
+        return None
+    data, offsets = found
+    starts, ends = offsets[:-1], offsets[1:]
+    # the few bytes that are not digits, and the value each is in
+    body = data[offsets[0] : offsets[-1]]
+    other = np.flatnonzero((body < 48) | (body > 57)) + offsets[0]
+    owner = np.searchsorted(ends, other, side="right")
+    leading = (other == starts[owner]) & np.isin(data[other], np.frombuffer(sign, np.uint8))
+    plain = np.ones(len(starts), dtype=bool)
+    plain[owner[~leading]] = False
+    signed = np.zeros(len(starts), dtype=np.int64)
+    signed[owner[leading]] = 1
+    digits = ends - starts - signed
+    return plain & (digits >= 1) & (digits <= most)
 
 
 def _controls(values: pd.Series[Any]) -> pd.Series[Any]:
@@ -783,7 +855,9 @@ def _convert(
         failed = codes != _OK
         return dates, failed, _texts(codes, reasons, values.index) if failed.any() else None
     if kind == "customer_id":
-        digits = values.str.fullmatch(r"\+?[0-9]{1,19}").to_numpy(dtype=bool)  # ASCII digits
+        digits = _digit_runs(values, b"+", 19)
+        if digits is None:
+            digits = values.str.fullmatch(r"\+?[0-9]{1,19}").to_numpy(dtype=bool)  # ASCII
         numbers = _parse_numbers(values, digits, "+", "uint64")
         bad = ~digits | (numbers == 0) | (numbers > _MAX_CUSTOMER_ID)
         numbers[bad] = 0
@@ -858,7 +932,10 @@ def _parse_one(values: Any, fmt: str, timezone: str) -> tuple[Any, Any]:
     if fmt in ("epoch", "epoch_ms"):
         return _parse_epoch(values, 1000 if fmt == "epoch" else 1)
     naive, aware = _parse_text(values, fmt)
-    local = _localize(naive, timezone).to_numpy(dtype="datetime64[ms]")
+    if timezone == "UTC":  # no clock change: the wall times are the instants
+        local = naive.to_numpy(dtype="datetime64[ms]")
+    else:
+        local = _localize(naive, timezone).to_numpy(dtype="datetime64[ms]")
     aware = aware.to_numpy(dtype="datetime64[ms]")
     instant = np.where(np.isnat(aware), local, aware)
     codes = np.full(len(values), _NO_MATCH, dtype=np.int8)
@@ -908,7 +985,11 @@ def _parse_epoch(values: Any, ms_per_unit: int) -> tuple[Any, Any]:
     multiplication by 1000 could wrap around into the range)."""
     import numpy as np
 
-    parsed = values.str.fullmatch(_EPOCH_NUMBER).to_numpy(dtype=bool)
+    plain = _digit_runs(values, b"+-", 30)  # most epochs: a fullmatch of _EPOCH_NUMBER
+    if plain is not None and plain.all():
+        parsed = plain
+    else:
+        parsed = values.str.fullmatch(_EPOCH_NUMBER).to_numpy(dtype=bool)
     number = parsed.copy()
     if not parsed.all():
         number[~parsed] = values[~parsed].str.fullmatch(_EPOCH).to_numpy(dtype=bool)
@@ -988,9 +1069,9 @@ def _parse_fixed(values: Any, fmt: str) -> Any:
 
         def field(code: str) -> Any:
             if code not in starts:
-                return np.zeros(len(where), dtype=np.int64)
+                return np.zeros(len(where), dtype=np.int32)
             start = starts[code]
-            number = digits[start].astype(np.int64)
+            number = digits[start].astype(np.int32)  # at most 9999: int32 is enough
             for k in range(1, _FIXED_FIELDS[code]):
                 number = number * 10 + digits[start + k]
             return number
@@ -1002,9 +1083,13 @@ def _parse_fixed(values: Any, fmt: str) -> Any:
         month_days = np.array(_MONTH_DAYS)[np.clip(month, 1, 12)]
         valid &= day <= month_days + (leap & (month == 2))
         valid &= (hour < 24) & (minute < 60) & (second < 60)
-        ms = ((_days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60_000
+        days = _days_from_civil(year, month, day).astype(np.int64)
+        ms = ((days * 24 + hour) * 60 + minute) * 60_000
         ms += second * 1000
-        out[where[valid]] = ms[valid].astype("datetime64[ms]")
+        if len(where) == len(out) and valid.all():
+            out = ms.astype("datetime64[ms]")
+        else:
+            out[where[valid]] = ms[valid].astype("datetime64[ms]")
     return pd.Series(out, index=values.index)
 
 
@@ -1054,6 +1139,8 @@ def _shaped(values: Any, fmt: str, width: int) -> tuple[Any, Any]:
         else:
             shaped &= columns[position] == (ord(fmt[i]) - 48) % 256
             position, i = position + 1, i + 1
+    if shaped.all():
+        return where, columns
     return where[shaped], columns[:, shaped]
 
 

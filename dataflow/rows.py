@@ -50,15 +50,30 @@ class Chunk:
 class Request:
     """One API call's worth of records, with the source lines it carries."""
 
-    line_nos: tuple[int, ...]
+    # the source line of each record, in the body's order: an int64 array (a slice of the
+    # chunk's, no Python int per row); a sequence of ints is taken too
+    line_nos: np.ndarray[Any, Any] | Sequence[int]
     body: bytes  # serialised JSON
     source: pd.DataFrame  # source values of the chunk these lines came from
     customers: tuple[int, ...] = ()  # customerId of each line, for bulk templates
     request_id: str | None = None  # the idempotency key, for bulk templates
 
+    def lines(self) -> list[int]:
+        """The line numbers as Python ints."""
+        return line_list(self.line_nos)
+
     def fail(self, status_code: str, message: str, final: bool = True) -> list[RecordResult]:
         """The same failure for every line of this request (`final=False`: no verdict)."""
-        return [RecordResult(n, False, status_code, message, final) for n in self.line_nos]
+        return [RecordResult(n, False, status_code, message, final) for n in self.lines()]
+
+
+def line_list(line_nos: np.ndarray[Any, Any] | Sequence[int]) -> list[int]:
+    """Line numbers (an array or a sequence) as a list of Python ints."""
+    tolist = getattr(line_nos, "tolist", None)
+    if tolist is not None:
+        listed: list[int] = tolist()
+        return listed
+    return [int(n) for n in line_nos]
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dataflow.rows import Accepted, RecordResult, Request
+from dataflow.rows import Accepted, RecordResult, Request, line_list
 
 if TYPE_CHECKING:  # imported where rows are built: loading a dataflow file stays light
+    import numpy as np
     import pandas as pd
 
 ALREADY_PROCESSED = "809"  # a bulk requestId seen before: our earlier attempt was applied
@@ -125,10 +126,12 @@ def build_array_requests(
         return
     data, offsets = objects
     lines = records.index.to_numpy(dtype=np.int64)
-    for start in range(0, len(records), batch_size):
+    starts = list(range(0, len(records), batch_size))
+    cuts = offsets[[*starts, len(records)]].tolist()  # where each request's rows start
+    for i, start in enumerate(starts):
         end = min(start + batch_size, len(records))
-        body = b"".join((b"[", data[offsets[start] : offsets[end] - 1], b"]"))  # no last ","
-        yield Request(line_nos=tuple(lines[start:end].tolist()), body=body, source=source)
+        body = b"".join((b"[", data[cuts[i] : cuts[i + 1] - 1], b"]"))  # no last ","
+        yield Request(line_nos=lines[start:end], body=body, source=source)
 
 
 _NEEDS_ESCAPE = r"[\x00-\x08\x0a-\x1f]"  # beyond tab, quote and backslash: orjson decides
@@ -136,29 +139,32 @@ _NEEDS_ESCAPE = r"[\x00-\x08\x0a-\x1f]"  # beyond tab, quote and backslash: orjs
 
 def _row_objects(
     records: pd.DataFrame, names: list[str], kinds: dict[str, str]
-) -> tuple[memoryview, list[int]] | None:
+) -> tuple[memoryview, np.ndarray[Any, Any]] | None:
     """Every row's JSON object followed by ``,``, concatenated, and the offset of each row's
-    start (one more at the end); None when a column is not covered (see `_json_column`)."""
+    start in it (int64, one more at the end); None when a column is not covered (see
+    `_json_column`)."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if not names:
         return None
     parts: list[Any] = []
-    for position, name in enumerate(names):
+    literal = "{"  # the text between two columns' values, one piece each
+    for name in names:
         column = _json_column(records[name], kinds[name])
         if column is None:
             return None
-        parts += ["{" if position == 0 else ",", _dumps(name).decode() + ":", column]
+        parts += [literal + _dumps(name).decode() + ":", column]
+        literal = ","
     parts.append("},")
     joined = pc.binary_join_element_wise(
         *(pa.scalar(p, pa.large_string()) if isinstance(p, str) else p for p in parts),
         pa.scalar("", pa.large_string()),
     )
-    joined = pa.concat_arrays([joined])  # offset 0, buffers of exactly its rows
     _, offsets_buffer, data_buffer = joined.buffers()
-    offsets = memoryview(offsets_buffer).cast("q")[: len(joined) + 1].tolist()
-    return memoryview(data_buffer), offsets
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)
+    return memoryview(data_buffer), offsets[joined.offset : joined.offset + len(joined) + 1]
 
 
 def _json_column(series: pd.Series[Any], kind: str) -> Any:
@@ -184,6 +190,8 @@ def _json_column(series: pd.Series[Any], kind: str) -> Any:
         return pc.take(words, encoded.indices)
     if kind == "customer_id":
         numbers = series.to_numpy(dtype=np.int64)
+    elif kind == "epoch_s" and str(series.dtype) == "datetime64[ms, UTC]":
+        numbers = series.array.asi8 // 1000  # what field_mapping makes: ms since the epoch
     elif kind == "epoch_s":
         milliseconds = series.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("ms")
         numbers = milliseconds.to_numpy().view(np.int64) // 1000
@@ -196,13 +204,16 @@ def build_array_requests_slow(
     template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int, file_id: str
 ) -> Iterator[Request]:
     """`build_array_requests` value by value (a dict per row, orjson): the reference."""
+    import numpy as np
+
     kinds = template.all_fields
     names = [name for name in kinds if name in records.columns]
     for start in range(0, len(records), batch_size):
         part = records.iloc[start : start + batch_size]
         columns = [to_json_value(part[name], kinds[name]) for name in names]
         body = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
-        yield Request(line_nos=tuple(int(i) for i in part.index), body=_dumps(body), source=source)
+        lines = np.array([int(i) for i in part.index], dtype=np.int64)
+        yield Request(line_nos=lines, body=_dumps(body), source=source)
 
 
 def parse_array_response(request: Request, status: int, payload: Any) -> Sequence[RecordResult]:
@@ -225,7 +236,7 @@ def parse_array_response(request: Request, status: int, payload: Any) -> Sequenc
         return accepted
     return [
         _import_verdict(line_no, status, element)
-        for line_no, element in zip(request.line_nos, payload, strict=True)
+        for line_no, element in zip(request.lines(), payload, strict=True)
     ]
 
 
@@ -250,7 +261,7 @@ def _all_imported(request: Request, payload: list[Any]) -> Accepted | None:
 def _lines(request: Request) -> Any:
     import numpy as np
 
-    return np.array(request.line_nos, dtype=np.int64)
+    return np.asarray(request.line_nos, dtype=np.int64)  # the request's own array: no copy
 
 
 def _import_verdict(line_no: int, status: int, element: Any) -> RecordResult:
@@ -280,9 +291,11 @@ def request_level(request: Request, payload: Any) -> Sequence[RecordResult] | No
     return request.fail(code, message)
 
 
-def unconfirmed(line_nos: tuple[int, ...], status: int, why: str) -> list[RecordResult]:
+def unconfirmed(
+    line_nos: np.ndarray[Any, Any] | Sequence[int], status: int, why: str
+) -> list[RecordResult]:
     """Rows the answer confirms nothing about: failed, not final (sent again if kept)."""
-    return [_unconfirmed(n, status, why) for n in line_nos]
+    return [_unconfirmed(n, status, why) for n in line_list(line_nos)]
 
 
 def _unconfirmed(line_no: int, status: int, why: str) -> RecordResult:
@@ -315,8 +328,16 @@ def _kind(value: Any) -> str:
 
 
 def _expires_after_event(records: pd.DataFrame) -> pd.Series[Any]:
-    bad = records["earnExpiresOn"] <= records["earnEventDate"]
-    return bad.map({True: "earnExpiresOn: must be after earnEventDate", False: ""})
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    bad = (records["earnExpiresOn"] <= records["earnEventDate"]).to_numpy(dtype=bool)
+    told = pa.DictionaryArray.from_arrays(  # no Python string per row
+        pa.array(bad.view(np.int8)),
+        pa.array(["", "earnExpiresOn: must be after earnEventDate"], type=pa.large_string()),
+    ).cast(pa.large_string())
+    return pd.Series(pd.array(told, dtype="str"), index=records.index)
 
 
 EARNED_BADGES = Template(
@@ -367,9 +388,9 @@ def build_grouped_requests(
     for group, positions in zip(groups, positions_by_group, strict=True):
         for start in range(0, len(positions), batch_size):
             part = positions[start : start + batch_size]
-            part_lines = tuple(lines[part].tolist())
+            part_lines = lines[part]
             part_customers = tuple(customers[part].tolist())
-            rid = request_id(file_id, template.name, group, part_lines)
+            rid = request_id(file_id, template.name, group, tuple(part_lines.tolist()))
             body = template.make_body(
                 dict(zip(keys, group, strict=True)), list(part_customers), rid
             )
@@ -409,6 +430,8 @@ def build_grouped_requests_slow(
     template: Template, records: pd.DataFrame, source: pd.DataFrame, batch_size: int, file_id: str
 ) -> Iterator[Request]:
     """`build_grouped_requests` value by value (a dict of groups): the reference."""
+    import numpy as np
+
     if records.empty or template.make_body is None:
         return
     kinds = template.all_fields
@@ -428,7 +451,8 @@ def build_grouped_requests_slow(
             body = template.make_body(
                 dict(zip(keys, group, strict=True)), list(part_customers), rid
             )
-            yield Request(part_lines, _dumps(body), source, part_customers, rid)
+            array = np.array(part_lines, dtype=np.int64)
+            yield Request(array, _dumps(body), source, part_customers, rid)
 
 
 def parse_grouped_response(request: Request, status: int, payload: Any) -> Sequence[RecordResult]:
@@ -465,7 +489,7 @@ def _bulk_verdicts(
         if isinstance(item, dict):
             by_customer.setdefault(_customer_key(item.get("customerId")), []).append(item)
     results = []
-    for line_no, customer in zip(request.line_nos, request.customers, strict=True):
+    for line_no, customer in zip(request.lines(), request.customers, strict=True):
         items = by_customer.get(customer)
         item = items.pop(0) if items else None
         results.append(_bulk_verdict(line_no, status, customer, item, applied))

@@ -61,7 +61,7 @@ def test_bodies_are_orjson_of_the_records(batch_size: int) -> None:
     assert _row_objects(records, list(kinds), kinds) is not None  # the fast path is taken
     fast = list(build_array_requests(EARNED_BADGES, records, records, batch_size, "f"))
     slow = list(build_array_requests_slow(EARNED_BADGES, records, records, batch_size, "f"))
-    assert [(r.line_nos, r.body) for r in fast] == [(r.line_nos, r.body) for r in slow]
+    assert [(r.lines(), r.body) for r in fast] == [(r.lines(), r.body) for r in slow]
 
 
 def test_a_value_orjson_must_escape_takes_the_reference_path() -> None:
@@ -150,7 +150,7 @@ def _bulk_records(template: Template, n: int, seed: int) -> pd.DataFrame:
 
 
 def _requests(requests: list[Any]) -> list[tuple[Any, ...]]:
-    return [(r.line_nos, r.customers, r.request_id, r.body) for r in requests]
+    return [(r.lines(), r.customers, r.request_id, r.body) for r in requests]
 
 
 @pytest.mark.parametrize("template", [EARN_BADGES_BULK, ISSUE_BADGES_BULK])
