@@ -119,8 +119,10 @@ def plan(rows: int, size: int, chunk_bytes: int, threshold: int, limit: int) -> 
     count = min(math.ceil(rows / threshold), chunks, limit)
     if rows <= threshold or count < 2:
         return []
-    per = math.ceil(chunks / count)
-    return [range(i * per, (i + 1) * per if i < count - 1 else sys.maxsize) for i in range(count)]
+    # balanced: shard i starts at chunk i * chunks // count (7 chunks in 3: 2, 2, 3 and not
+    # 3, 3, 1: the slowest shard decides when the file is done)
+    starts = [i * chunks // count for i in range(count)] + [sys.maxsize]
+    return [range(starts[i], starts[i + 1]) for i in range(count)]
 
 
 def _rate_limit(chain: Chain) -> int:

@@ -174,6 +174,7 @@ def test_three_worker_hosts_a_worker_and_the_scheduler_killed(cluster: Cluster) 
         counted = accepted(cluster, planted)
         assert set(counted) == set(planted.valid), planted.name  # 0 rows lost, none extra
         resent = sum(counted.values()) - len(counted)
+        print(f"{planted.name}: {len(counted)} rows accepted, {resent} re-sent")  # -rP shows it
         if planted.template != "earned_badges":
             assert resent == 0, planted.name  # a bulk request is never applied twice
             applied = Counter(
@@ -246,7 +247,9 @@ def assert_big_outcome(cluster: Cluster, big: Planted, resent_at_most: int) -> N
     bed = cluster.bed
     counted = accepted(cluster, big)
     assert set(counted) == set(big.valid)  # 0 rows lost
-    assert sum(counted.values()) - len(counted) <= resent_at_most
+    resent = sum(counted.values()) - len(counted)
+    print(f"{big.name}: {len(counted)} rows accepted, {resent} re-sent (bound {resent_at_most})")
+    assert resent <= resent_at_most
     assert bed.sftp.files("inbox") == [] and bed.sftp.files("processed") == [big.file]
     assert len(bed.sftp.files("errors")) == 1
     lines = error_lines(cluster, big)
@@ -326,7 +329,9 @@ def test_a_worker_host_killed_mid_shard_and_the_scheduler_killed(cluster: Cluste
         if k != victim:
             assert node.stop() == 0, node.text()
     assert len(concurrent) >= 2, f"the shards all ran on one host: {dict(concurrent)}"
-    assert sent_by_host(cluster, big.name)[hosts[victim].address] == at_kill  # it is gone
+    by_host = sent_by_host(cluster, big.name)
+    print(f"{big.name}: killed host sent {at_kill} rows before the kill; by host {dict(by_host)}")
+    assert by_host[hosts[victim].address] == at_kill  # it is gone
     assert_big_outcome(cluster, big, resent_at_most=in_flight)
 
 

@@ -31,7 +31,12 @@ def test_plan_splits_chunk_ranges_and_keeps_small_files_whole() -> None:
     assert plan(rows=999, size=10 << 20, chunk_bytes=1 << 20, threshold=1000, limit=1000) == []
     size = (10 << 20) + (1 << 16)  # the parser's first chunk holds the header's read-ahead
     ranges = plan(rows=2500, size=size, chunk_bytes=1 << 20, threshold=1000, limit=1000)
-    assert [(r.start, r.stop) for r in ranges] == [(0, 4), (4, 8), (8, sys.maxsize)]
+    assert [(r.start, r.stop) for r in ranges] == [(0, 3), (3, 7), (7, sys.maxsize)]
+    # balanced: 7 chunks in 3 shards are 2, 2 and 3 (not 3, 3 and 1)
+    seven = plan(
+        rows=3000, size=(6 << 20) + (1 << 16), chunk_bytes=1 << 20, threshold=1000, limit=1000
+    )
+    assert [(r.start, r.stop) for r in seven] == [(0, 2), (2, 4), (4, sys.maxsize)]
     # never more shards than the rate limit can share (each sends at limit / shards)
     assert len(plan(rows=10**6, size=10**8, chunk_bytes=1 << 20, threshold=1000, limit=2)) == 2
     assert plan(rows=10**6, size=100, chunk_bytes=1 << 20, threshold=10, limit=100) == []
