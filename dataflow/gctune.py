@@ -13,6 +13,11 @@ long-lived state: never collected while frozen, never scanned) and raises the yo
 generation's threshold to 10,000; both are restored when the send ends. Objects without
 cycles are freed by their reference count as before, so memory does not grow; cyclic garbage
 made during the send is still collected, a little later.
+
+A worker runs several dataflows in threads, whose sends may overlap without end: what was
+alive at the freeze and became cyclic garbage since would then never be collected. So the
+outermost entry collects before it freezes, and an entry while frozen for more than
+`REFREEZE_SECONDS` unfreezes, collects and freezes again.
 """
 
 from __future__ import annotations
@@ -20,25 +25,31 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
+import time
 from collections.abc import Iterator
 
 YOUNG_THRESHOLD = 10_000
+REFREEZE_SECONDS = 300.0
 
 _lock = threading.Lock()
 _depth = 0
 _saved: tuple[int, int, int] = gc.get_threshold()
+_frozen_at = 0.0
 
 
 @contextlib.contextmanager
 def fewer_collections() -> Iterator[None]:
     """While inside: the process's objects frozen and fewer young collections. Re-entrant
     (the outermost exit restores the thresholds and unfreezes)."""
-    global _depth, _saved
+    global _depth, _saved, _frozen_at
     with _lock:
         if _depth == 0:
             _saved = gc.get_threshold()
-            gc.freeze()
+            _refreeze()
             gc.set_threshold(max(YOUNG_THRESHOLD, _saved[0]), *_saved[1:])
+        elif time.monotonic() - _frozen_at > REFREEZE_SECONDS:
+            gc.unfreeze()  # sends overlapping for long: collect what the freeze kept
+            _refreeze()
         _depth += 1
     try:
         yield
@@ -48,3 +59,11 @@ def fewer_collections() -> Iterator[None]:
             if _depth == 0:
                 gc.set_threshold(*_saved)
                 gc.unfreeze()
+
+
+def _refreeze() -> None:
+    """Collect, then freeze what is left (call with the lock held)."""
+    global _frozen_at
+    gc.collect()
+    gc.freeze()
+    _frozen_at = time.monotonic()

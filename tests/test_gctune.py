@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,4 +86,29 @@ def test_the_pipeline_sends_with_fewer_collections(tmp_path: Path) -> None:
         asyncio.run(_send_rows(chain, _Empty(), errors, report, Progress("L", key="k"), ledger))  # type: ignore[arg-type]
     errors.close()
     assert sink.seen and sink.seen[0][0] == gctune.YOUNG_THRESHOLD and sink.seen[0][1] > 0
+    assert gc.get_freeze_count() == 0
+
+
+def test_overlapping_sends_refreeze_so_garbage_kept_by_the_freeze_is_collected(
+    monkeypatch: Any,
+) -> None:
+    """A worker's sends may overlap without end: an entry while frozen for long unfreezes,
+    collects and freezes again, so a cycle that was alive at the first freeze is freed."""
+
+    class Node:
+        other: Any = None
+
+    with gctune.fewer_collections():  # the first send: frozen from here
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        alive = weakref.ref(a)
+        gc.freeze()  # the cycle among the frozen objects (as if alive at the first freeze)
+        del a, b
+        gc.collect()
+        assert alive() is not None  # garbage now, but kept by the freeze
+        with gctune.fewer_collections():  # a second dataflow's send, soon after: no refreeze
+            assert alive() is not None
+        monkeypatch.setattr(gctune, "REFREEZE_SECONDS", 0.0)
+        with gctune.fewer_collections():  # another send starts long after the freeze
+            assert alive() is None
     assert gc.get_freeze_count() == 0
