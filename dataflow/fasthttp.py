@@ -19,7 +19,9 @@ of statuses, timeouts and dropped connections is the same as with httpx:
 TLS uses the context httpx would (`httpx.create_ssl_context(verify)`, so ``ca_bundle`` and
 ``SSL_CERT_FILE`` mean the same), with SNI and ALPN ``http/1.1``. An idle connection is
 reused for at most `KEEPALIVE_EXPIRY` seconds (httpcore's default) and never after the
-server closed it or asked to (``Connection: close``, HTTP/1.0). The body is asked for
+server closed it or asked to (``Connection: close``, HTTP/1.0), nor once the server sent
+anything after the answer (bytes left after it, or readable while idle: an unsolicited 408
+before a close, say, that would be read as the next request's answer). The body is asked for
 uncompressed (``Accept-Encoding: identity``); a compressed answer is still decoded (by
 `httpx.Response`).
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 import ssl
 import time
 import urllib.request
@@ -202,10 +205,17 @@ class _Connection:
         self.idle_since = time.monotonic()
 
     def alive(self, now: float) -> bool:
-        """Reusable: not closed by either side, and not idle for too long."""
+        """Reusable: not closed by either side, not idle for too long, and nothing sent on it
+        since its last answer (as httpcore does: a server's unsolicited 408 before it closes,
+        or its close, would otherwise be read as the next request's answer)."""
         if now - self.idle_since > KEEPALIVE_EXPIRY:
             return False
-        return not (self.writer.is_closing() or self.reader.at_eof())
+        if self.writer.is_closing() or self.reader.at_eof():
+            return False
+        # StreamReader has no public way to tell buffered bytes: read its buffer directly
+        if getattr(self.reader, "_buffer", b""):
+            return False
+        return not _readable(self.writer.get_extra_info("socket"))
 
     def close(self) -> None:
         self.writer.close()
@@ -267,7 +277,24 @@ class _Connection:
             elif isinstance(event, h11.ConnectionClosed):
                 raise h11.RemoteProtocolError("the server disconnected without an answer")
         assert response is not None  # h11 sends EndOfMessage only after the Response
+        # bytes after the answer (an unsolicited answer, say) belong to no request of ours
+        trailing, closed = self.h11.trailing_data
         reusable = self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        reusable = reusable and not trailing and not closed
         if reusable:
             self.h11.start_next_cycle()
         return response, b"".join(parts), reusable
+
+
+def _readable(sock: Any) -> bool:
+    """True when the socket has something to read (or an end or error to report) right now."""
+    if sock is None:
+        return False
+    try:
+        if hasattr(select, "poll"):  # no limit on the descriptor's number, unlike select()
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # the descriptor is closed: not reusable either
+        return True

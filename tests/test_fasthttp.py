@@ -330,3 +330,53 @@ def test_http_write_sends_the_badge_calls_through_it_unless_a_proxy_is_set(
     assert [r.ok for r in results] == [True] * 6
     assert calls == ([] if proxied else ["PUT"] * 3)
     assert len(api.requests()) == 3
+
+
+# --- an answer nobody asked for ---------------------------------------------------------------
+
+TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+
+
+async def echo(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bool:
+    """200 with the request's own body: which request an answer belongs to."""
+    body = request.partition(b"\r\n\r\n")[2]
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    return True
+
+
+def then_unsolicited(keep: bool, same_segment: bool) -> Reply:
+    """Answers, then (while the connection is idle, or in the same segment) a 408 too."""
+
+    async def reply(_r: asyncio.StreamReader, writer: asyncio.StreamWriter, _q: bytes) -> bool:
+        first = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n[1]"
+        if same_segment:
+            writer.write(first + TIMEOUT_408)
+        else:
+            writer.write(first)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the client is idle now
+            writer.write(TIMEOUT_408)
+        await writer.drain()
+        return keep
+
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("same_segment", "keep"),
+    [(False, True), (False, False), (True, True)],
+    ids=["while-idle", "while-idle-then-closed", "same-segment"],
+)
+def test_an_unsolicited_answer_is_not_taken_for_the_next_requests(
+    same_segment: bool, keep: bool
+) -> None:
+    async def client(lean: FastHttp) -> list[httpx.Response]:
+        first = await put(b"[1]")(lean)
+        await asyncio.sleep(0.2)  # the 408 arrives meanwhile
+        return [first, await put(b"[2]")(lean)]
+
+    (first, second), server = run([then_unsolicited(keep, same_segment), echo], client)
+    assert (first.status_code, first.content) == (200, b"[1]")
+    assert (second.status_code, second.content) == (200, b"[2]")  # its own answer
+    assert server.connections == 2  # on a new connection
