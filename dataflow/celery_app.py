@@ -14,7 +14,9 @@ runs) and a Redis ``visibility_timeout`` longer than the longest run
 (``DATAFLOW_VISIBILITY_TIMEOUT`` seconds, default 12 hours).
 
 A second task, ``dataflow.shard``, sends one shard of a big file (`dataflow.shards`): the run
-that split the file enqueues one per shard and returns at once.
+that split the file enqueues one per shard and returns at once. A shard task that stops on an
+error is acknowledged: the next run of the dataflow enqueues again its pending shards, or the
+set's finish when every shard is done and nobody finishes it.
 
 The worker runs dataflows in threads (the work is I/O: SFTP, gpg, the API; scale out with more
 worker processes or hosts). SIGTERM stops it as it stops ``dataflow schedule``: the running

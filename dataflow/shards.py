@@ -18,11 +18,16 @@ the shards together never exceed the dataflow's limit (runs of the dataflow are 
 while a shard set is in progress, see `active`). A finished shard stores its counts, error
 rows and failures in its row (its error file in parts of `PART_BYTES` in ``shard_errors``);
 the one that finds every other shard done (decided in one transaction, the set's row locked)
-assembles the error file in shard (line) order, one part in memory at a time, uploads it,
+claims the set's finish lease (``<name>/finish``: one finisher at a time, the set's row read
+again after the claim, so a resumed finish repeats no step done before) and assembles the
+error file in shard (line) order, one part in memory at a time, uploads it,
 moves the original and records the file once in the run that split it, with the summed
 counts; the run's status is then derived again and its alerts are raised, once. A killed
 shard's task comes back (acks late) or is enqueued again by the next run of the dataflow and
-resumes from the checkpoint; a finished shard delivered again does nothing.
+resumes from the checkpoint; a finished shard delivered again does nothing. A set whose
+shards are all done but whose finish failed (an upload, the move, a lost lease) gets a
+finish enqueued by the next run of the dataflow while no worker holds its leases, until it
+succeeds.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -230,8 +236,14 @@ def enqueue_orphans(
 ) -> None:
     """Enqueue again the pending shards no worker holds (their task was lost: the run that
     split the file was killed before enqueuing, the broker lost it). A shard delivered twice
-    is sent once: the second delivery finds it held or done."""
+    is sent once: the second delivery finds it held or done. A set whose shards are all
+    done but that nobody finishes (its finish failed or was killed) gets a finish: shard 0
+    enqueued again, whose delivery finds every shard done and finishes the file."""
     for one in sets:
+        if not one["pending"] and not finisher_live(ledger, dataflow, one):
+            log.info("%s: all shards done, the file is not finished: finish enqueued", one["name"])
+            sharder.enqueue(str(one["config_path"]), dataflow, str(one["send_key"]), 0)
+            continue
         for number in one["pending"]:
             name = lease_name(str(one["name"]), number)
             if not leases.live(ledger.store, dataflow, name):
@@ -242,6 +254,19 @@ def enqueue_orphans(
 def lease_name(name: str, number: int) -> str:
     """A shard's lease ("/" is in no file name: never a file's own lease)."""
     return f"{name}/shard{number}"
+
+
+def finish_lease_name(name: str) -> str:
+    """The lease of the one worker finishing a set (its error file, move, record, alerts)."""
+    return f"{name}/finish"
+
+
+def finisher_live(ledger: Ledger, dataflow: str, one: Mapping[str, Any]) -> bool:
+    """True while a worker holds the set's finish lease or one of its shards' leases (a
+    shard that is sending, or that has just sent the last rows and is about to finish)."""
+    names = [finish_lease_name(str(one["name"]))]
+    names += [lease_name(str(one["name"]), n) for n in range(int(one["shards"]))]
+    return any(leases.live(ledger.store, dataflow, name) for name in names)
 
 
 def run_shard(path: str, dataflow_name: str, key: str, number: int) -> str:
@@ -303,8 +328,7 @@ async def _shard_leased(
         elif _all_done(ledger, dataflow.name, key):  # the finishing was interrupted
             last = True
         if last:
-            await _finish_set(dataflow, chain, file, workdir, ledger, one)
-            return "finished the file"
+            return await _finish(dataflow, chain, file, workdir, ledger, one, lease.owner)
         return "sent"
     finally:
         for block in reversed(blocks):
@@ -602,6 +626,53 @@ def _legacy_errors(ledger: Ledger, where: tuple[str, str, int]) -> str:
     return bytes(rows[0][0]).decode("utf-8") if rows and rows[0][0] else ""
 
 
+async def _finish(
+    dataflow: Dataflow,
+    chain: Chain,
+    file: RemoteFile,
+    workdir: Path,
+    ledger: Ledger,
+    one: dict[str, Any],
+    owner: str,
+) -> str:
+    """Finish the set under its finish lease (`<name>/finish`, fenced, renewed): one finisher
+    at a time, whichever shard's delivery comes; a killed finisher's lease runs out and the
+    next run enqueues the finish again (`enqueue_orphans`)."""
+    ttl = lease_seconds()
+    # unique per attempt: two threads of one worker process must not share the claim
+    me = f"{owner}:finish-{uuid.uuid4().hex[:8]}"
+    lease = ledger.claim_file(dataflow.name, finish_lease_name(str(one["name"])), me, ttl)
+    if lease is None:
+        log.info("%s: another worker is finishing the file", one["name"])
+        return "finish held"
+    try:
+        work = _finish_claimed(dataflow, chain, file, workdir, ledger, one)
+        return await leased(ledger, lease, ttl, work)
+    finally:
+        with contextlib.suppress(FatalError):
+            ledger.release(lease)
+
+
+async def _finish_claimed(
+    dataflow: Dataflow,
+    chain: Chain,
+    file: RemoteFile,
+    workdir: Path,
+    ledger: Ledger,
+    one: dict[str, Any],
+) -> str:
+    # read again now that the finish is ours: what a finisher before did is not repeated
+    rows = ledger.select(
+        "SELECT * FROM shard_sets WHERE dataflow = ? AND send_key = ?",
+        (chain.dataflow, str(one["send_key"])),
+    )
+    if not rows or rows[0]["state"] != "running":
+        log.info("%s: already finished by another worker", one["name"])
+        return "finished"
+    await _finish_set(dataflow, chain, file, workdir, ledger, rows[0])
+    return "finished the file"
+
+
 async def _finish_set(
     dataflow: Dataflow,
     chain: Chain,
@@ -646,10 +717,13 @@ async def _finish_set(
     run = RunReport(chain.dataflow, str(one["run_id"]), "")
     with ledger.transaction(chain.dataflow) as db:
         ledger.finish_file(run, report, errors.summary(), failed_lines=failed)
-        db.execute(
-            "UPDATE shard_sets SET state = 'finished' WHERE dataflow = ? AND send_key = ?",
+        done = db.execute(
+            "UPDATE shard_sets SET state = 'finished' WHERE dataflow = ? AND send_key = ? "
+            "AND state = 'running'",
             (chain.dataflow, key),
         )
+        if done.rowcount != 1:  # rolls back the record: another finisher recorded it
+            raise FatalError(f"{file.name}: finished by another worker; not recorded again")
         db.execute(
             "DELETE FROM shard_errors WHERE dataflow = ? AND send_key = ?", (chain.dataflow, key)
         )

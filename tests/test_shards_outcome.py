@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -21,7 +22,9 @@ import pytest
 import yaml
 
 from dataflow import celery_app, runner
+from dataflow.block import RemoteFile
 from dataflow.config import load_dataflow
+from dataflow.errors import FatalError
 from dataflow.ledger import Ledger
 from dataflow.report import FileReport, RunReport
 from dataflow.shards import (
@@ -33,6 +36,7 @@ from dataflow.shards import (
     store_errors,
     unpack_failed,
 )
+from dataflow_blocks.sftp_read import SftpRead
 
 from . import alertkit
 from .alertkit import Receiver, add_alerts
@@ -231,3 +235,88 @@ def test_an_in_progress_run_is_not_the_run_before_for_recovered(tmp_path: Path) 
         assert ledger.previous_outcome("flow-prev", "later") == ("failure", None)
     finally:
         ledger.close()
+
+
+def split_in_process(
+    bed: Bed, pg_url: str, monkeypatch: pytest.MonkeyPatch, alerts: dict[str, Any] | None = None
+) -> tuple[Path, Sharder, list[tuple[str, str, str, int]]]:
+    """A big file split by a run in this process (the queue: a list), shard 0 sent."""
+    env = {**bed.env, "DATAFLOW_STATE_URL": pg_url, "DATAFLOW_SHARD_ROWS": "1500"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    config = bed.config(name="flow-big", transform={"chunk_bytes": 1024}, sink={"batch_size": 20})
+    if alerts is not None:
+        config = add_alerts(config, alerts)
+    bed.sftp.put("inbox/badges_big.csv.gpg", bed.keys.encrypt(csv_rows(bulk=False)))
+    queued: list[tuple[str, str, str, int]] = []
+    sharder = Sharder(lambda *task: queued.append(task), str(config), threshold=1500)
+    report = runner.run(load_dataflow(config), shards=sharder)
+    assert report.status == "in_progress" and [t[3] for t in queued] == [0, 1]
+    assert run_shard(*queued[0]) == "sent"
+    return config, sharder, queued
+
+
+def test_a_failed_finish_is_enqueued_again_by_the_next_run_and_finishes_once(
+    bed: Bed, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, sharder, queued = split_in_process(bed, pg_url, monkeypatch)
+    moves: list[str] = []
+    real_move = SftpRead.move_original
+
+    def failing_move(self: SftpRead, file: RemoteFile, failed: bool) -> str:
+        moves.append(file.name)
+        if len(moves) == 1:
+            raise FatalError("the processed directory cannot be written (injected)")
+        return real_move(self, file, failed)
+
+    monkeypatch.setattr(SftpRead, "move_original", failing_move)
+    # the last shard's finish fails after the error file's upload: the task returns (acked)
+    assert celery_app.shard_task(*queued[1]) == "stopped"
+    assert bed.sftp.files("processed") == [] and len(bed.sftp.files("errors")) == 1
+    env = {**bed.env, "DATAFLOW_STATE_URL": pg_url}
+    assert [r["status"] for r in history(bed, env) if r["files"]] == ["in_progress"]
+    # the next run is skipped (the set is running) and enqueues the finish nobody holds
+    later = runner.run(load_dataflow(config), shards=sharder)
+    assert later.skipped
+    assert len(queued) == 3, queued
+    assert run_shard(*queued[2]) == "finished the file"
+    assert moves == ["badges_big.csv.gpg", "badges_big.csv.gpg"]
+    check_outcome(bed, env, [r["customerId"] for r in bed.api.received()])  # one error file
+    # finished: the next run enqueues nothing more and a late delivery does nothing
+    runner.run(load_dataflow(config), shards=sharder)
+    assert len(queued) == 3
+    assert run_shard(*queued[2]) == "finished"
+
+
+def test_two_finishers_of_one_set_finish_it_once(
+    bed: Bed, pg_url: str, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    channel = {"type": "webhook", "url": receiver.url}
+    alerts = {"events": ["partial"], "partial_threshold_percent": 0, "channels": [channel]}
+    queued = split_in_process(bed, pg_url, monkeypatch, alerts)[2]
+    finished: list[str] = []
+    real_finish = Ledger.finish_file
+
+    def counted_finish(self: Ledger, *args: Any, **kwargs: Any) -> None:
+        finished.append(args[1].name)
+        real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "finish_file", counted_finish)
+    second: list[str] = []
+    real_move = SftpRead.move_original
+
+    def move_with_a_second_finisher(self: SftpRead, file: RemoteFile, failed: bool) -> str:
+        if not second:  # the first finisher has uploaded the error file and not moved yet:
+            # shard 0 delivered again finds every shard done and tries to finish too
+            second.append(run_shard(*queued[0]))
+        return real_move(self, file, failed)
+
+    monkeypatch.setattr(SftpRead, "move_original", move_with_a_second_finisher)
+    assert run_shard(*queued[1]) == "finished the file"
+    assert second == ["finish held"]
+    env = {**bed.env, "DATAFLOW_STATE_URL": pg_url}
+    check_outcome(bed, env, [r["customerId"] for r in bed.api.received()])  # one error, one move
+    assert finished == ["badges_big.csv.gpg"]
+    wait_until(lambda: len(receiver.accepted()) >= 1, 30)
+    time.sleep(0.5)
+    assert [p["event"] for p in receiver.accepted()] == ["partial"]
