@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import REMOTE, Bed, TreeMemory, config, encrypt, write_csv
+from run import REMOTE, Bed, config, encrypt, measure, write_csv
 
 
 def one_run(bed: Bed, args: argparse.Namespace, rows: int, switch: float) -> dict[str, object]:
@@ -44,24 +43,14 @@ def one_run(bed: Bed, args: argparse.Namespace, rows: int, switch: float) -> dic
         py_spy = str(Path(sys.executable).with_name("py-spy"))
         command = [py_spy, "record", "--gil", "--threads", "-f", "raw", "-r", "200", "-o"]
         command += [args.gil_profile, "--", sys.executable, str(probe), "run", str(path), "--json"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.monotonic()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    memory = TreeMemory(proc.pid)
-    memory.start()
-    stdout, stderr = proc.communicate()
-    wall = time.monotonic() - started
-    memory.done.set()
-    memory.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    measured = measure(command, env, stderr=subprocess.PIPE)
+    wall, cpu, memory = measured.wall, measured.cpu, measured.memory
     phases: dict[str, float] = {}
-    for line in stderr.decode().splitlines():
+    for line in measured.stderr.decode().splitlines():
         if line.startswith("PHASE "):
             _, name, at = line.split()
             phases.setdefault(name, float(at))
-    text = stdout.decode()
-    (f,) = json.loads(text[text.index("{") : text.rindex("}") + 1])["files"]
+    (f,) = measured.report["files"]
     shutil.rmtree(directory, ignore_errors=True)
     return {
         "rows": rows,

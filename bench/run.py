@@ -38,6 +38,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +365,35 @@ def _smaps_rollup(pid: int) -> dict[str, float]:
     return fields
 
 
+@dataclass
+class Measured:
+    """One `dataflow run --json` subprocess: its report, stderr, wall and CPU seconds (its
+    own and its waited-for children's: gpg), and its process tree's memory."""
+
+    report: dict[str, Any]
+    stderr: bytes
+    wall: float
+    cpu: float
+    memory: TreeMemory
+
+
+def measure(command: list[str], env: dict[str, str], stderr: int) -> Measured:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr)
+    memory = TreeMemory(proc.pid)
+    memory.start()
+    out, err = proc.communicate()
+    wall = time.monotonic() - started
+    memory.done.set()
+    memory.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    text = out.decode()  # py-spy writes its own lines around the report
+    report = json.loads(text[text.index("{") : text.rindex("}") + 1])
+    return Measured(report, err or b"", wall, cpu, memory)
+
+
 def run_dataflow(bed: Bed, args: argparse.Namespace, rows: int, directory: Path) -> dict[str, Any]:
     path = config(bed, args, directory)
     env = {**os.environ, "DATAFLOW_STATE_DIR": str(directory / "state")}
@@ -378,25 +408,15 @@ def run_dataflow(bed: Bed, args: argparse.Namespace, rows: int, directory: Path)
             "--",
             *command,
         ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     api_before = bed.api_cpu()
-    started = time.monotonic()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    memory = TreeMemory(proc.pid)
-    memory.start()
-    out, _ = proc.communicate()
-    elapsed = time.monotonic() - started
-    memory.done.set()
-    memory.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    text = out.decode()  # py-spy writes its own lines around the report
-    (f,) = json.loads(text[text.index("{") : text.rindex("}") + 1])["files"]
+    measured = measure(command, env, stderr=subprocess.DEVNULL)
+    memory = measured.memory
+    (f,) = measured.report["files"]
     return {
         "status": f["status"],
         "rows_succeeded": f["rows_succeeded"],
-        "seconds": elapsed,
-        "cpu_seconds": cpu,
+        "seconds": measured.wall,
+        "cpu_seconds": measured.cpu,
         "peak_rss_tree": memory.peak,
         "peak_rss_top": memory.peak_top,
         "at_peak": memory.at_peak,

@@ -87,6 +87,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from dataflow import keys
 from dataflow.block import BlockConfig, RemoteFile, Source
+from dataflow.digest import sha256_of
 from dataflow.errorfile import local_write_error, timestamp
 from dataflow.errors import AuthError, FatalError, FileRejected, FileSkipped
 from dataflow.faults import crash_point
@@ -248,14 +249,6 @@ def load_private_key(text: str, passphrase: SecretStr | None) -> paramiko.PKey:
     if wrong or (secret is not None and keys.ssh_key_encrypted(text)):
         raise ValueError("key_passphrase does not unlock private_key")
     raise ValueError("private_key is not a readable RSA, ECDSA or Ed25519 private key")
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _LocalWriteFailed(Exception):
@@ -867,7 +860,7 @@ class SftpRead(Source):
         matches = self._retrying("listing of", directory, candidates)
         if not matches:
             return None
-        wanted = _sha256_of(local)
+        wanted = sha256_of(local)
         for path in matches:
             remote = self._retrying("read of", path, functools.partial(self._remote_sha256, path))
             if remote == wanted:

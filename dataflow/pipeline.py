@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import shutil
@@ -36,6 +35,7 @@ from dataflow import console, logs
 from dataflow.accounts import Accounts
 from dataflow.block import FileStep, RemoteFile, RowStream, Sink, Source, Transform
 from dataflow.checkpoint import Progress
+from dataflow.digest import sha256_of
 from dataflow.errorfile import ErrorFile, error_file_name, timestamp
 from dataflow.errors import FatalError, FileRejected, Stopped
 from dataflow.faults import crash_point
@@ -439,7 +439,7 @@ async def process_shard(
         for step in chain.steps:
             path = await asyncio.to_thread(step.apply, path, filedir)
         path = await asyncio.to_thread(source.prepare, path, filedir)
-        if plaintext_sha256 and await asyncio.to_thread(_sha256, path) != plaintext_sha256:
+        if plaintext_sha256 and await asyncio.to_thread(sha256_of, path) != plaintext_sha256:
             raise FatalError(
                 f"{file.path}: its decrypted text differs from the one that was split into "
                 "shards (a file step or source setting changed since); this shard sends nothing"
@@ -451,14 +451,6 @@ async def process_shard(
         return await _send(chain, stream, filedir, report, progress, ledger)
     finally:
         stream.close()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 async def leased(ledger: Ledger, lease: Lease, ttl: float, work: Coroutine[Any, Any, T]) -> T:

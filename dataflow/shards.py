@@ -63,6 +63,7 @@ from dataflow.alerts import alert_run
 from dataflow.block import Block, FileStep, RemoteFile, RunContext, Sink, Source, Transform
 from dataflow.config import Dataflow
 from dataflow.db import COUNTS
+from dataflow.digest import BLOCK
 from dataflow.errorfile import ErrorFile
 from dataflow.errors import FatalError
 from dataflow.lease import Lease, lease_seconds, worker_name
@@ -101,17 +102,12 @@ def shard_rows() -> int:
     return value
 
 
-def count_lines(path: Path) -> int:
-    """Newlines in the file (a cheap row count for the threshold)."""
-    return scan(path)[0]
-
-
 def scan(path: Path) -> tuple[int, str]:
     """Newlines in the file and its SHA-256, in one pass (the plaintext the ranges are of)."""
     lines = 0
     digest = hashlib.sha256()
     with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
+        while block := fh.read(BLOCK):
             lines += block.count(b"\n")
             digest.update(block)
     return lines, digest.hexdigest()
