@@ -423,6 +423,10 @@ class HttpWrite(Sink):
     def _results(self, request: Request, response: httpx.Response) -> Sequence[RecordResult]:
         """Verdicts from a final answer (not retried): 2xx, a 4xx envelope, or other codes."""
         status = response.status_code
+        if 200 <= status < 300 and (accept := self.template.accept_raw) is not None:
+            accepted = accept(request, response.content)  # all rows accepted: no dict per row
+            if accepted is not None:
+                return accepted
         payload = _json(response.content)
         if 200 <= status < 300:
             if payload is _NOT_JSON:

@@ -69,6 +69,10 @@ class Template(Protocol):
     ) -> Callable[[Any, pd.DataFrame, pd.DataFrame, int, str], Iterator[Request]]: ...
     @property
     def parse_response(self) -> Callable[[Request, int, Any], Sequence[RecordResult]]: ...
+    @property
+    def accept_raw(self) -> Callable[[Request, bytes], Sequence[RecordResult] | None] | None:
+        """A 2xx answer's bytes -> every row accepted (`Accepted`), or None: parse it."""
+        ...
 
 
 class BlockConfig(BaseModel):

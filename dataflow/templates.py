@@ -36,7 +36,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
 
 from dataflow.rows import Accepted, RecordResult, Request, line_list
 
@@ -62,6 +64,7 @@ OWNER_TYPES = (
 RowRule = Callable[["pd.DataFrame"], "pd.Series[Any]"]
 RequestBuilder = Callable[["Template", "pd.DataFrame", "pd.DataFrame", int, str], Iterator[Request]]
 ResponseParser = Callable[[Request, int, Any], Sequence[RecordResult]]
+RawAcceptor = Callable[[Request, bytes], "Accepted | None"]
 BodyMaker = Callable[[dict[str, Any], list[int], str], dict[str, Any]]
 
 
@@ -77,6 +80,9 @@ class Template:
     row_rule: RowRule | None = None  # returns a message per row, "" where the row is fine
     group_by: tuple[str, ...] = ()  # bulk templates: rows sharing these go in one request
     make_body: BodyMaker | None = None  # bulk templates: (group values, customers, requestId)
+    # a 2xx answer's bytes -> `Accepted` when it accepts every row, else None (then the
+    # answer is parsed and `parse_response` decides); it must agree with `parse_response`
+    accept_raw: RawAcceptor | None = None
 
     @property
     def all_fields(self) -> dict[str, str]:
@@ -258,6 +264,64 @@ def _all_imported(request: Request, payload: list[Any]) -> Accepted | None:
     return Accepted(_lines(request), ids)
 
 
+# What an all-success element of an import answer is, as typed structs: anything else (a
+# falsy but not-null `errors`, a float or boolean id, an integer beyond 64 bits, which orjson
+# reads as a float) fails to decode and goes to the parsed path, which decides.
+_BadgeId = (
+    Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[str, msgspec.Meta(min_length=1)]
+)
+
+
+class _Earned(msgspec.Struct):
+    earnedBadgeId: _BadgeId
+
+
+class _Element(msgspec.Struct):
+    """An element that accepts its record; its other fields (warnings, ...) are skipped."""
+
+    data: _Earned
+    errors: Annotated[list[Any], msgspec.Meta(max_length=0)] | None = None
+
+
+_IMPORT_ANSWER = msgspec.json.Decoder(list[_Element])
+
+
+class _BadgeIds(Sequence[Any]):
+    """The API's ids of decoded elements, read on access (a result file reads them)."""
+
+    __slots__ = ("_elements",)
+
+    def __init__(self, elements: list[_Element]) -> None:
+        self._elements = elements
+
+    def __len__(self) -> int:
+        return len(self._elements)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [element.data.earnedBadgeId for element in self._elements[index]]
+        return self._elements[index].data.earnedBadgeId
+
+
+def accept_import_answer(request: Request, content: bytes) -> Accepted | None:
+    """`Accepted` when the answer's bytes accept every record, as `parse_array_response`
+    says of the parsed answer; else None (the answer is then parsed). The answer is decoded
+    straight into typed structs (msgspec): the check runs in the decoder, with no dict per
+    element and no loop in Python (issue 11: 0.50 -> 0.14 ms per 1000-record answer).
+    A body with invalid UTF-8 anywhere goes to the parsed path (orjson refuses it; msgspec
+    does not read the fields it skips).
+    """
+    try:
+        content.decode()
+        elements = _IMPORT_ANSWER.decode(content)
+    except (UnicodeDecodeError, msgspec.MsgspecError):
+        return None
+    if len(elements) != len(request.line_nos):
+        return None
+    return Accepted(_lines(request), _BadgeIds(elements))
+
+
 def _lines(request: Request) -> Any:
     import numpy as np
 
@@ -353,6 +417,7 @@ EARNED_BADGES = Template(
     build_requests=build_array_requests,
     parse_response=parse_array_response,
     row_rule=_expires_after_event,
+    accept_raw=accept_import_answer,
 )
 
 # --- the bulk APIs: one request per group, customers listed ---------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -24,6 +25,7 @@ from dataflow.templates import (
     EARNED_BADGES,
     _bulk_verdicts,
     _import_verdict,
+    accept_import_answer,
 )
 
 SHA = "e" * 64
@@ -244,3 +246,68 @@ def test_a_resumed_chunk_writes_its_rows_in_line_order(tmp_path: Path, all_rows:
     assert written == expected
     assert (report.rows_succeeded, report.rows_failed, report.rows_rejected) == (3, 1, 2)
     assert progress.failed == {4: ("816", "window")}
+
+
+# --- an import answer's bytes: the struct decoder agrees with the parsed path ---------------
+
+RAW_ELEMENTS: list[bytes] = [orjson.dumps(element) for element in IMPORT_ELEMENTS] + [
+    b'{"data":{"earnedBadgeId":true}}',  # a boolean id: the parsed path accepts it as "True"
+    b'{"data":{"earnedBadgeId":1.5},"errors":null}',
+    b'{"data":{"earnedBadgeId":9223372036854775807}}',  # int64's top
+    b'{"data":{"earnedBadgeId":9223372036854775808}}',  # beyond it: orjson's unsigned range
+    b'{"data":{"earnedBadgeId":123456789012345678901234567890}}',  # orjson: a float
+    b'{"data":{"earnedBadgeId":"x"},"errors":{}}',  # falsy errors of other kinds
+    b'{"data":{"earnedBadgeId":"x"},"errors":0}',
+    b'{"data":{"earnedBadgeId":"x"},"errors":""}',
+    b'{"data":{"earnedBadgeId":"x"},"errors":[{}]}',
+    b'{"data":{"earnedBadgeId":3},"data":null}',  # a repeated key: the last one counts
+    b'{"data":null,"data":{"earnedBadgeId":3}}',
+    b'{"data":{"earnedBadgeId":"\xc3\xa9t\xc3\xa9"},"warnings":["ok"]}',
+    b'{"data":{"earnedBadgeId":4},"warnings":["\xff"]}',  # invalid UTF-8 in a skipped field
+    b'{"data":{"earnedBadgeId":"\\ud800"}}',  # a lone surrogate
+    b'{"data":{"earnedBadgeId":5},"extra":{"deep":[1,{"a":null}]}}',
+    b'{"data":{"earnedBadgeId":NaN}}',
+    b'{"data":{"earnedBadgeId":6},}',  # a trailing comma
+]
+
+
+def parsed_path(request: Request, body: bytes) -> list[RecordResult] | None:
+    """The verdicts without the struct decoder: what HttpWrite did before it (None: the
+    body is not JSON, so no row is accepted)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return list(EARNED_BADGES.parse_response(request, 200, payload))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.sampled_from(range(len(RAW_ELEMENTS))), max_size=6),
+    st.integers(min_value=-1, max_value=1),
+    st.sampled_from([b"", b" ", b"\n", b" x", b"]"]),
+)
+def test_the_struct_decoder_accepts_exactly_what_the_parsed_path_accepts(
+    choice: list[int], extra: int, tail: bytes
+) -> None:
+    body = b"[" + b",".join(RAW_ELEMENTS[i] for i in choice) + b"]" + tail
+    request = import_request(max(len(choice) + extra, 0))
+    expected = parsed_path(request, body)
+    accepted = accept_import_answer(request, body)
+    if accepted is None:  # the parsed path decides: it must not be an all-success answer of
+        # the plain shape the decoder is for (ids of int64 or non-empty text)
+        plain = [RAW_ELEMENTS.index(orjson.dumps(OK)), 1, 2]
+        assert not (choice and all(i in plain for i in choice) and not extra and not tail.strip())
+        return
+    assert isinstance(accepted, Accepted)
+    assert expected is not None and list(accepted) == expected
+    assert [r.api_id for r in accepted] == [r.api_id for r in expected]
+
+
+def test_the_struct_decoder_reads_a_thousand_record_answer() -> None:
+    request = Request(np.arange(2, 1002, dtype=np.int64), b"[]", SOURCE)
+    body = orjson.dumps([{"data": {"earnedBadgeId": n}, "errors": None} for n in range(1000)])
+    accepted = accept_import_answer(request, body)
+    assert isinstance(accepted, Accepted) and accepted.lines is request.line_nos
+    assert accepted.api_id(999) == "999" and accepted[3] == RecordResult(5, True, api_id="3")
+    assert accepted == parsed_path(request, body)
