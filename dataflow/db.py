@@ -355,8 +355,22 @@ class Store:
             self.connection: Connection = engine.connect()
         except sa_exc.SQLAlchemyError as exc:
             raise on_error(exc) from exc
+        # SQLite: statements go to the sqlite3 connection itself (in autocommit, as the
+        # engine set it), without SQLAlchemy's cost per statement: a checkpoint per request
+        # is four statements (issue 11: about 0.2 -> 0.05 ms per checkpoint)
+        raw = None if self.postgres else self.connection.connection.dbapi_connection
+        self._sqlite = raw if isinstance(raw, sqlite3.Connection) else None
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
+        if self._sqlite is not None:
+            try:
+                cursor = self._sqlite.execute(sql, tuple(parameters))
+                if cursor.description is None:
+                    return Cursor([], [], cursor.rowcount)
+                rows = cursor.fetchall()
+                return Cursor(rows, [(d[0],) for d in cursor.description], cursor.rowcount)
+            except sqlite3.Error as exc:
+                raise self.on_error(exc) from exc
         if self.postgres:
             sql = sql.replace("%", "%%").replace("?", "%s")
         try:
