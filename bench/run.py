@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import json
 import os
@@ -94,11 +95,21 @@ def encrypt(keys: PgpKeys, plain: Path, out: Path) -> None:
 # --- the limit -------------------------------------------------------------------------------
 
 
+def compile_package() -> None:
+    """Byte-compile dataflow's own modules, as a (non-editable) install does: an editable
+    install under PYTHONDONTWRITEBYTECODE (this machine's default) would compile them again
+    at every start, about 0.3 s that no installed dataflow pays."""
+    root = Path(__file__).resolve().parent.parent
+    for package in ("dataflow", "blocks"):
+        compileall.compile_dir(str(root / package), quiet=1)
+
+
 class Bed:
     """The servers, keys and client credentials shared by every size of one bench run."""
 
     def __init__(self, work: Path, fast: bool) -> None:
         self.work = work
+        compile_package()
         self.secret = secrets.token_urlsafe(16)
         self.sftp = SftpServer().start()
         self.api = Emulator(

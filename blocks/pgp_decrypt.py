@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 
 from dataflow import keys
-from dataflow.block import BlockConfig, FileStep
+from dataflow.block import BlockConfig, ByteStream, FileStep
 from dataflow.errors import FatalError, FileRejected
 
 if TYPE_CHECKING:  # imported when the block opens: `dataflow validate` loads no crypto library
@@ -394,6 +394,7 @@ class PgpDecrypt(FileStep):
         except (OSError, ValueError, RuntimeError) as exc:
             raise self._fatal(f"cannot run gpg: {exc}; install GnuPG (Debian: gnupg)") from exc
         gpg.encoding = "utf-8"
+        gpg.buffer_size = 1 << 20  # what python-gnupg copies into gpg's stdin at a time
         result = gpg.import_keys(armored_key(self.config.private_key.get_secret_value()))
         if not result.sec_imported:
             raise self._fatal(
@@ -502,17 +503,30 @@ class PgpDecrypt(FileStep):
             )
         return out, f"{name}.gpg"
 
+    reads_while_downloading = True  # gpg reads its stdin: it decrypts as the bytes come
+
     def apply(self, path: Path, workdir: Path) -> Path:
         """Decrypt `path` into `workdir`. A problem of ours (passphrase, disk, gpg itself) is
         a FatalError that keeps the file; only a problem of the file is a FileRejected."""
-        if self._gpg is None:
-            raise FatalError("pgp_decrypt used before open()")
         if path.stat().st_size == 0:
             raise FileRejected("the file is empty (0 bytes): there is nothing to decrypt")
+        out = self._decrypt(str(path), path, workdir)
+        path.unlink()
+        return out
+
+    def apply_stream(self, stream: ByteStream, path: Path, workdir: Path) -> Path:
+        """Decrypt the bytes of `path` as the download writes them (`stream`), into
+        `workdir`; `path` stays (the pipeline checks the stream gave all of it)."""
+        return self._decrypt(stream, path, workdir)
+
+    def _decrypt(self, source: str | ByteStream, path: Path, workdir: Path) -> Path:
+        """gpg's plaintext of `source` (the file `path`, or its bytes) in `workdir`."""
+        if self._gpg is None:
+            raise FatalError("pgp_decrypt used before open()")
         out = workdir / "decrypted"
         try:
             result = self._gpg.decrypt_file(
-                str(path),
+                source,
                 passphrase=self._passphrase,
                 output=str(out),
                 always_trust=True,
@@ -534,7 +548,6 @@ class PgpDecrypt(FileStep):
             log.warning(
                 "%s: signature not verified (signer's key unknown); decrypted anyway", path.name
             )
-        path.unlink()
         return out
 
     def _failure(self, path: Path, workdir: Path, stderr: str) -> FatalError | FileRejected:

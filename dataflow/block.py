@@ -75,6 +75,12 @@ class Template(Protocol):
         ...
 
 
+class ByteStream(Protocol):
+    """Bytes read in order (`FileStep.apply_stream`'s input); b"" at the end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class BlockConfig(BaseModel):
     """Keys every block has. Subclasses add their own; unknown keys are rejected."""
 
@@ -173,6 +179,8 @@ class Source(Block):
 
 class FileStep(Block):
     kind = "step"
+    # True: `apply_stream` can read the file while it is still being downloaded
+    reads_while_downloading: ClassVar[bool] = False
 
     @abc.abstractmethod
     def apply(self, path: Path, workdir: Path) -> Path:
@@ -186,6 +194,13 @@ class FileStep(Block):
         `name` (a resumed upload asks again). Default: unchanged. Raise FatalError when it
         cannot: nothing is uploaded then."""
         return local, name
+
+    def apply_stream(self, stream: ByteStream, path: Path, workdir: Path) -> Path:
+        """`apply` to the bytes of `path` as `stream` yields them, while `path` is still being
+        downloaded (the first step, when it `reads_while_downloading`; `dataflow.overlap`).
+        Leave `path` in place: the pipeline takes the result only if `stream` gave exactly
+        the downloaded bytes, and otherwise calls `apply`. Raise as `apply` does."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read while downloading")
 
 
 class RowStream(abc.ABC):

@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import pandas as pd
 
-from dataflow import console, logs
+from dataflow import console, logs, overlap
 from dataflow.accounts import Accounts
 from dataflow.block import FileStep, RemoteFile, RowStream, Sink, Source, Transform
 from dataflow.checkpoint import Progress
@@ -126,10 +126,32 @@ async def _process(
     report: FileReport,
     run: RunReport,
 ) -> None:
-    source = chain.source
     log.info("%s: downloading", file.path)
     downloaded = filedir / "download"
-    sha = report.sha256 = await asyncio.to_thread(source.download, file, downloaded)
+    early = overlap.start(chain.steps, downloaded, filedir)  # decrypts as the bytes come
+    try:
+        await _download_and_send(chain, file, filedir, ledger, report, run, early)
+    finally:
+        if early is not None:
+            await early.abandon()
+
+
+async def _download_and_send(
+    chain: Chain,
+    file: RemoteFile,
+    filedir: Path,
+    ledger: Ledger,
+    report: FileReport,
+    run: RunReport,
+    early: overlap.EarlyStep | None,
+) -> None:
+    source = chain.source
+    downloaded = filedir / "download"
+    try:
+        sha = report.sha256 = await asyncio.to_thread(source.download, file, downloaded)
+    finally:
+        if early is not None:
+            early.download_ended()
     console.listener().downloaded(file.size)
     crash_point("downloaded")
     if chain.retry is not None and sha != chain.retry.sha256:
@@ -162,9 +184,10 @@ async def _process(
     stream: RowStream | None = None
     try:
         path = downloaded
-        for step in chain.steps:
+        for index, step in enumerate(chain.steps):
             stage = step.config.name
-            path = await asyncio.to_thread(step.apply, path, filedir)
+            ready = await early.result(sha) if early is not None and index == 0 else None
+            path = await asyncio.to_thread(step.apply, path, filedir) if ready is None else ready
         crash_point("decrypted")
         stage = source.config.name
         path = await asyncio.to_thread(source.prepare, path, filedir)
