@@ -79,7 +79,9 @@ if TYPE_CHECKING:  # imported when the block sends: `dataflow validate` stays li
     import httpx
     import pandas as pd
 
-    from dataflow.fasthttp import FastHttp
+    from dataflow.fasthttp import Answer, FastHttp
+
+    Response = httpx.Response | Answer  # what a send answers: httpx's, or FastHttp's
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +383,7 @@ class HttpWrite(Sink):
 
     async def _attempt(
         self, client: httpx.AsyncClient, request: Request, lean: FastHttp | None = None
-    ) -> tuple[httpx.Response, dict[str, str]]:
+    ) -> tuple[Response, dict[str, str]]:
         """Send once: a rate-limit place first, then the token, then the request itself.
 
         Raises `_StopRequested` when the stop request came before the request left.
@@ -393,6 +395,7 @@ class HttpWrite(Sink):
         try:
             _unless_stopped()  # the wait for a place may have been long
             headers = await self.auth.headers(client)
+            response: Response
             if lean is not None:  # the place is stamped as the request leaves
                 response = await lean.request(
                     self.method, self.endpoint, request.body, headers, slot.departing
@@ -420,7 +423,7 @@ class HttpWrite(Sink):
             )
         return request.fail(status, message, final=False)  # no verdict: sent again if kept
 
-    def _results(self, request: Request, response: httpx.Response) -> Sequence[RecordResult]:
+    def _results(self, request: Request, response: Response) -> Sequence[RecordResult]:
         """Verdicts from a final answer (not retried): 2xx, a 4xx envelope, or other codes."""
         status = response.status_code
         if 200 <= status < 300 and (accept := self.template.accept_raw) is not None:
@@ -482,12 +485,12 @@ def _json(content: bytes) -> Any:
         return _NOT_JSON
 
 
-def _snippet(response: httpx.Response) -> str:
+def _snippet(response: Response) -> str:
     text = " ".join(response.text.split())
     return repr(text[:80]) if text else "an empty body"
 
 
-def _api_message(response: httpx.Response, payload: Any = None) -> str:
+def _api_message(response: Response, payload: Any = None) -> str:
     if payload is None:
         payload = _json(response.content)
     if isinstance(payload, dict):

@@ -5,7 +5,8 @@ mapping several hundred rows. This client keeps only what the badge calls need: 
 kept-alive asyncio connections to one origin, each driven by h11 (httpx's own HTTP/1.1 state
 machine, which does the framing: the request head, the status line and headers,
 Content-Length, chunked or until-close bodies, keep-alive, and its protocol checks). It
-answers with an `httpx.Response` and fails with httpx's exceptions, so the caller's handling
+answers with an `Answer` (what http_write reads of an `httpx.Response`, the rest made on
+demand) and fails with httpx's exceptions, so the caller's handling
 of statuses, timeouts and dropped connections is the same as with httpx:
 
 - connecting: `httpx.ConnectError` (refused, unreachable, a TLS failure), `httpx.ConnectTimeout`;
@@ -101,7 +102,7 @@ class FastHttp:
         body: bytes,
         headers: Mapping[str, str],
         before_send: Callable[[], None],
-    ) -> httpx.Response:
+    ) -> Answer:
         """Send one request and read its answer. `before_send` runs once a connection is
         ready, just before the request is written; if it raises, nothing is sent and the
         exception propagates."""
@@ -131,9 +132,7 @@ class FastHttp:
                 self._idle.append(connection)
             else:
                 connection.close()
-        return httpx.Response(
-            response.status_code, headers=response.headers.raw_items(), content=content
-        )
+        return Answer(response.status_code, response.headers, content)
 
     async def _connection(self) -> _Connection:
         now = time.monotonic()
@@ -169,6 +168,47 @@ class FastHttp:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class Answer:
+    """An answer as http_write reads it: its status and (identity-encoded) body as they came;
+    its headers, text, JSON and a compressed body's decoding from an `httpx.Response` made
+    on first use (most answers need none of them: about 40 µs each saved, issue 11)."""
+
+    __slots__ = ("_body", "_encoded", "_headers", "_response", "status_code")
+
+    def __init__(self, status_code: int, headers: Any, body: bytes) -> None:
+        self.status_code = status_code
+        self._headers = headers  # h11's: iterated as (lower-case name, value)
+        self._body = body
+        self._encoded = any(name == b"content-encoding" for name, _ in headers)
+        self._response: httpx.Response | None = None
+
+    @property
+    def response(self) -> httpx.Response:
+        if self._response is None:
+            raw = self._headers.raw_items()
+            self._response = httpx.Response(self.status_code, headers=raw, content=self._body)
+        return self._response
+
+    @property
+    def content(self) -> bytes:
+        return self.response.content if self._encoded else self._body
+
+    @property
+    def headers(self) -> httpx.Headers:
+        return self.response.headers
+
+    @property
+    def text(self) -> str:
+        return self.response.text
+
+    @property
+    def reason_phrase(self) -> str:
+        return self.response.reason_phrase
+
+    def json(self) -> Any:
+        return self.response.json()
 
 
 def _encoded(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
