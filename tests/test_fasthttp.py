@@ -154,6 +154,8 @@ def test_a_compressed_answer_is_decoded() -> None:
     packed = gzip.compress(b'{"a":1}')
     response, _ = run([ok(packed, b"Content-Encoding: gzip\r\n")], put())
     assert response.json() == {"a": 1}
+    assert response.content == b'{"a":1}'  # what http_write reads: decoded too
+    assert response.headers["content-encoding"] == "gzip"
 
 
 @pytest.mark.parametrize(
