@@ -9,6 +9,8 @@ and at most one Trigger (when it runs by itself; without one it runs only on dem
     Source.download(file, path) -> sha256
     FileStep.apply(path, workdir) -> path      (decrypt, ...; raises FileRejected)
     FileStep.protect_output(local, name, workdir) -> (local, name)   (before each upload)
+    FileStep.apply_stream(stream, path, workdir) -> path   (optional: the first step reads
+                                               the download as it is written; dataflow.overlap)
     Transform.read(path) -> RowStream          (chunks of rows; bad rows are values)
     Sink.build_requests(records, source, file_id) -> [Request]   (the sink batches; the
                                                template says what one request looks like)
