@@ -15,19 +15,19 @@ vanished are freed in seconds, not after the kernel's two hours.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
+from typing import TYPE_CHECKING, Any
 
 from dataflow.errors import StateError
+
+if TYPE_CHECKING:  # SQLAlchemy is imported for PostgreSQL only: a run on SQLite goes without
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Connection, Engine
 
 SCHEMA_VERSION = 3  # the PostgreSQL schema `upgrade` creates; bump with each migration
 # keepalives on the client (libpq) and on the server (its side of the same connection)
@@ -43,116 +43,7 @@ SERVER_SETTINGS = (
 )
 CONNECT_TIMEOUT = 10  # seconds to reach PostgreSQL before the ledger gives up
 
-METADATA = sa.MetaData()
-
-
-def _text(name: str, *, nullable: bool = True, primary: bool = False) -> sa.Column[Any]:
-    return sa.Column(name, sa.Text, nullable=nullable and not primary, primary_key=primary)
-
-
-def _int(
-    name: str, *, nullable: bool = True, primary: bool = False, default: int | None = None
-) -> sa.Column[Any]:
-    if default is not None:
-        return sa.Column(name, sa.BigInteger, nullable=False, server_default=sa.text(str(default)))
-    return sa.Column(name, sa.BigInteger, nullable=nullable and not primary, primary_key=primary)
-
-
-def _keys(*names: str) -> list[sa.Column[Any]]:
-    """The text columns of a table's primary key, in order."""
-    return [_text(name, primary=True) for name in names]
-
-
 COUNTS = ("total", "filtered", "rejected", "sent", "succeeded", "failed")  # a file's rows_*
-
-
-def _counts() -> list[sa.Column[Any]]:
-    """A file's (or a shard's) row counts, ``rows_total`` ... ``rows_failed``."""
-    return [_int(f"rows_{name}") for name in COUNTS]
-
-
-def _seq() -> sa.Column[Any]:
-    """The insertion order (SQLite's rowid): the ledger orders runs and files by it."""
-    return sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, unique=True)
-
-
-sa.Table(
-    "runs",
-    METADATA,
-    _text("run_id", primary=True),
-    _text("dataflow", nullable=False),
-    _text("started_at", nullable=False),
-    _text("finished_at"),
-    _text("status"),
-    _int("dry_run", default=0),
-    _text("reason"),
-    _seq(),
-)
-sa.Table(
-    "files",
-    METADATA,
-    sa.Column("run_id", sa.Text, sa.ForeignKey("runs.run_id"), primary_key=True),
-    _text("dataflow", nullable=False),
-    _text("name", nullable=False),
-    _int("size"),
-    _text("sha256"),
-    _text("lineage_id", primary=True),
-    _text("status", nullable=False),
-    *_counts(),
-    _text("processed_path"),
-    _text("error_file"),
-    _text("reason"),
-    _int("send_no", default=0),
-    _text("retry_of"),
-    _seq(),
-    sa.Index("files_by_content", "dataflow", "sha256", "status"),
-)
-sa.Table("fires", METADATA, *_keys("dataflow", "local_minute"))
-sa.Table(
-    "error_summary",
-    METADATA,
-    *_keys("run_id", "lineage_id", "stage", "code", "message"),
-    _int("count", nullable=False),
-)
-sa.Table(
-    "line_failures",
-    METADATA,
-    *_keys("dataflow", "lineage_id", "code", "message"),
-    sa.Column("lines", sa.LargeBinary, nullable=False),
-)
-sa.Table(
-    "counters",
-    METADATA,
-    *_keys("name", "dataflow", "label"),
-    _int("value", nullable=False),
-)
-sa.Table(
-    "progress",
-    METADATA,
-    *_keys("dataflow", "sha256"),
-    _text("name", nullable=False),
-    _text("lineage_id", nullable=False),
-    _text("error_name"),
-    _text("error_path"),
-    _text("content"),
-    _int("send_no", default=0),
-    _text("retry_of"),
-)
-sa.Table(
-    "acks",
-    METADATA,
-    _text("dataflow", nullable=False),
-    _text("sha256", nullable=False),
-    sa.Column("lines", sa.LargeBinary, nullable=False),
-    _text("failures"),
-    sa.Index("acks_by_file", "dataflow", "sha256"),
-)
-sa.Table(
-    "schema_version",
-    METADATA,
-    sa.Column("version", sa.Integer, nullable=False),
-)
-
 # the leases of files being worked on (dataflow.lease); in both backends
 LEASE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS leases (
@@ -164,15 +55,6 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (dataflow, name)
 );
 """
-sa.Table(
-    "leases",
-    METADATA,
-    *_keys("dataflow", "name"),
-    _text("owner", nullable=False),
-    _int("fence", nullable=False),
-    sa.Column("lease_until", sa.Float, nullable=False),
-)
-
 # big files split into shards sent by several workers (dataflow.shards); in both backends
 SHARD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS shard_sets (
@@ -214,49 +96,179 @@ CREATE TABLE IF NOT EXISTS shard_errors (  -- a done shard's error file, in part
     PRIMARY KEY (dataflow, send_key, shard_no, part_no)
 );
 """
-sa.Table(
-    "shard_sets",
-    METADATA,
-    *_keys("dataflow", "send_key"),
-    _text("name", nullable=False),
-    _text("path", nullable=False),
-    _int("size"),
-    _int("mtime"),
-    _text("ok_path"),
-    _text("sha256", nullable=False),
-    _int("send_no", nullable=False),
-    _text("run_id", nullable=False),
-    _text("lineage_id", nullable=False),
-    _text("config_path", nullable=False),
-    _int("shards", nullable=False),
-    _text("state", nullable=False),
-    _text("processed_path"),
-    _int("chunk_bytes"),
-    _text("parse"),
-)
-sa.Table(
-    "shards",
-    METADATA,
-    *_keys("dataflow", "send_key"),
-    _int("shard_no", primary=True),
-    _int("chunk_from", nullable=False),
-    _int("chunk_to"),
-    _text("state", nullable=False),
-    *_counts(),
-    _int("error_rows"),
-    sa.Column("errors", sa.LargeBinary),
-    _text("summary"),
-    _text("failed"),
-    _text("owner"),
-)
-sa.Table(
-    "shard_errors",
-    METADATA,
-    *_keys("dataflow", "send_key"),
-    _int("shard_no", primary=True),
-    _int("part_no", primary=True),
-    sa.Column("data", sa.LargeBinary, nullable=False),
-)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METADATA":  # built on first use: the PostgreSQL schema (SQLAlchemy Core)
+        return metadata()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def metadata() -> sa.MetaData:
+    """The PostgreSQL schema (SQLAlchemy Core): what `upgrade` creates."""
+    import sqlalchemy as sa
+
+    METADATA = sa.MetaData()
+
+    def _text(name: str, *, nullable: bool = True, primary: bool = False) -> sa.Column[Any]:
+        return sa.Column(name, sa.Text, nullable=nullable and not primary, primary_key=primary)
+
+    def _int(
+        name: str, *, nullable: bool = True, primary: bool = False, default: int | None = None
+    ) -> sa.Column[Any]:
+        if default is not None:
+            return sa.Column(
+                name, sa.BigInteger, nullable=False, server_default=sa.text(str(default))
+            )
+        return sa.Column(
+            name, sa.BigInteger, nullable=nullable and not primary, primary_key=primary
+        )
+
+    def _keys(*names: str) -> list[sa.Column[Any]]:
+        """The text columns of a table's primary key, in order."""
+        return [_text(name, primary=True) for name in names]
+
+    def _counts() -> list[sa.Column[Any]]:
+        """A file's (or a shard's) row counts, ``rows_total`` ... ``rows_failed``."""
+        return [_int(f"rows_{name}") for name in COUNTS]
+
+    def _seq() -> sa.Column[Any]:
+        """The insertion order (SQLite's rowid): the ledger orders runs and files by it."""
+        return sa.Column("seq", sa.BigInteger, sa.Identity(), nullable=False, unique=True)
+
+    sa.Table(
+        "runs",
+        METADATA,
+        _text("run_id", primary=True),
+        _text("dataflow", nullable=False),
+        _text("started_at", nullable=False),
+        _text("finished_at"),
+        _text("status"),
+        _int("dry_run", default=0),
+        _text("reason"),
+        _seq(),
+    )
+    sa.Table(
+        "files",
+        METADATA,
+        sa.Column("run_id", sa.Text, sa.ForeignKey("runs.run_id"), primary_key=True),
+        _text("dataflow", nullable=False),
+        _text("name", nullable=False),
+        _int("size"),
+        _text("sha256"),
+        _text("lineage_id", primary=True),
+        _text("status", nullable=False),
+        *_counts(),
+        _text("processed_path"),
+        _text("error_file"),
+        _text("reason"),
+        _int("send_no", default=0),
+        _text("retry_of"),
+        _seq(),
+        sa.Index("files_by_content", "dataflow", "sha256", "status"),
+    )
+    sa.Table("fires", METADATA, *_keys("dataflow", "local_minute"))
+    sa.Table(
+        "error_summary",
+        METADATA,
+        *_keys("run_id", "lineage_id", "stage", "code", "message"),
+        _int("count", nullable=False),
+    )
+    sa.Table(
+        "line_failures",
+        METADATA,
+        *_keys("dataflow", "lineage_id", "code", "message"),
+        sa.Column("lines", sa.LargeBinary, nullable=False),
+    )
+    sa.Table(
+        "counters",
+        METADATA,
+        *_keys("name", "dataflow", "label"),
+        _int("value", nullable=False),
+    )
+    sa.Table(
+        "progress",
+        METADATA,
+        *_keys("dataflow", "sha256"),
+        _text("name", nullable=False),
+        _text("lineage_id", nullable=False),
+        _text("error_name"),
+        _text("error_path"),
+        _text("content"),
+        _int("send_no", default=0),
+        _text("retry_of"),
+    )
+    sa.Table(
+        "acks",
+        METADATA,
+        _text("dataflow", nullable=False),
+        _text("sha256", nullable=False),
+        sa.Column("lines", sa.LargeBinary, nullable=False),
+        _text("failures"),
+        sa.Index("acks_by_file", "dataflow", "sha256"),
+    )
+    sa.Table(
+        "schema_version",
+        METADATA,
+        sa.Column("version", sa.Integer, nullable=False),
+    )
+
+    sa.Table(
+        "leases",
+        METADATA,
+        *_keys("dataflow", "name"),
+        _text("owner", nullable=False),
+        _int("fence", nullable=False),
+        sa.Column("lease_until", sa.Float, nullable=False),
+    )
+
+    sa.Table(
+        "shard_sets",
+        METADATA,
+        *_keys("dataflow", "send_key"),
+        _text("name", nullable=False),
+        _text("path", nullable=False),
+        _int("size"),
+        _int("mtime"),
+        _text("ok_path"),
+        _text("sha256", nullable=False),
+        _int("send_no", nullable=False),
+        _text("run_id", nullable=False),
+        _text("lineage_id", nullable=False),
+        _text("config_path", nullable=False),
+        _int("shards", nullable=False),
+        _text("state", nullable=False),
+        _text("processed_path"),
+        _int("chunk_bytes"),
+        _text("parse"),
+    )
+    sa.Table(
+        "shards",
+        METADATA,
+        *_keys("dataflow", "send_key"),
+        _int("shard_no", primary=True),
+        _int("chunk_from", nullable=False),
+        _int("chunk_to"),
+        _text("state", nullable=False),
+        *_counts(),
+        _int("error_rows"),
+        sa.Column("errors", sa.LargeBinary),
+        _text("summary"),
+        _text("failed"),
+        _text("owner"),
+    )
+    sa.Table(
+        "shard_errors",
+        METADATA,
+        *_keys("dataflow", "send_key"),
+        _int("shard_no", primary=True),
+        _int("part_no", primary=True),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    return METADATA
+
+
 # columns added to existing tables, by schema version (create_all adds only missing tables)
 ADDED_COLUMNS = (
     (3, "shard_sets", "chunk_bytes", "BIGINT"),
@@ -271,6 +283,9 @@ def state_url() -> str | None:
 
 def shown(url: str) -> str:
     """The URL as it may be printed: without its password."""
+    import sqlalchemy as sa
+    from sqlalchemy import exc as sa_exc
+
     try:
         return sa.make_url(url).render_as_string(hide_password=True)
     except sa_exc.ArgumentError:
@@ -279,6 +294,8 @@ def shown(url: str) -> str:
 
 def database_error(url: str, exc: BaseException) -> StateError:
     """Say that the PostgreSQL state cannot be used, where, why and what to do."""
+    import sqlalchemy as sa
+
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     text = reason[0] if reason else type(exc).__name__
     password = sa.make_url(url).password if "://" in url else None
@@ -290,15 +307,12 @@ def database_error(url: str, exc: BaseException) -> StateError:
     )
 
 
-def sqlite_engine(connect: Callable[[], sqlite3.Connection]) -> Engine:
-    """An engine on the ledger file: one connection per ledger, transactions explicit."""
-    return sa.create_engine(
-        "sqlite://", creator=connect, poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-
-
 def postgres_engine(url: str) -> Engine:
     """An engine on PostgreSQL with keepalives set, so a lost holder's locks go in seconds."""
+    import sqlalchemy as sa
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.pool import NullPool
+
     try:
         parsed = sa.make_url(url)
     except sa_exc.ArgumentError as exc:
@@ -344,22 +358,43 @@ class Cursor:
 
 class Store:
     """One connection to the state, in autocommit; `execute` takes SQLite's ``?`` statements
-    and turns every database failure into the StateError that `on_error` makes."""
+    and turns every database failure into the StateError that `on_error` makes.
+
+    On SQLite it is the sqlite3 connection itself (`open_sqlite`: no SQLAlchemy, neither its
+    import, about 0.15 s at each start, nor its cost per statement: a checkpoint per request
+    is four statements); on PostgreSQL a SQLAlchemy connection (psycopg)."""
 
     def __init__(self, engine: Engine, on_error: Callable[[BaseException], StateError]) -> None:
-        self.engine = engine
+        from sqlalchemy import exc as sa_exc
+
+        self.engine: Engine | None = engine
         self.dialect = engine.dialect.name
         self.postgres = self.dialect == "postgresql"
         self.on_error = on_error
+        self._sqlite: sqlite3.Connection | None = None
         try:
             self.connection: Connection = engine.connect()
         except sa_exc.SQLAlchemyError as exc:
             raise on_error(exc) from exc
-        # SQLite: statements go to the sqlite3 connection itself (in autocommit, as the
-        # engine set it), without SQLAlchemy's cost per statement: a checkpoint per request
-        # is four statements (issue 11: about 0.2 -> 0.05 ms per checkpoint)
-        raw = None if self.postgres else self.connection.connection.dbapi_connection
-        self._sqlite = raw if isinstance(raw, sqlite3.Connection) else None
+
+    @classmethod
+    def open_sqlite(
+        cls,
+        connect: Callable[[], sqlite3.Connection],
+        on_error: Callable[[BaseException], StateError],
+    ) -> Store:
+        """A store on the sqlite3 connection `connect` makes (in autocommit:
+        ``isolation_level=None``; transactions are explicit)."""
+        store = cls.__new__(cls)
+        store.engine = None
+        store.dialect = "sqlite"
+        store.postgres = False
+        store.on_error = on_error
+        try:
+            store._sqlite = connect()
+        except sqlite3.Error as exc:
+            raise on_error(exc) from exc
+        return store
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
         if self._sqlite is not None:
@@ -371,8 +406,9 @@ class Store:
                 return Cursor(rows, [(d[0],) for d in cursor.description], cursor.rowcount)
             except sqlite3.Error as exc:
                 raise self.on_error(exc) from exc
-        if self.postgres:
-            sql = sql.replace("%", "%%").replace("?", "%s")
+        from sqlalchemy import exc as sa_exc
+
+        sql = sql.replace("%", "%%").replace("?", "%s")
         try:
             result = self.connection.exec_driver_sql(sql, tuple(parameters))
             if result.returns_rows:
@@ -385,17 +421,25 @@ class Store:
 
     def script(self, sql: str) -> None:
         """A SQLite script (the schema of ``ledger.db``)."""
+        assert self._sqlite is not None, "a script runs on SQLite only"
         try:
-            raw = self.connection.connection.dbapi_connection
-            assert isinstance(raw, sqlite3.Connection)
-            raw.executescript(sql)
-        except (sa_exc.SQLAlchemyError, sqlite3.Error) as exc:
+            self._sqlite.executescript(sql)
+        except sqlite3.Error as exc:
             raise self.on_error(exc) from exc
 
     def begin(self) -> None:
         self.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
 
     def close(self) -> None:
+        if self._sqlite is not None:
+            try:
+                self._sqlite.close()
+            except sqlite3.Error as exc:
+                raise self.on_error(exc) from exc
+            return
+        from sqlalchemy import exc as sa_exc
+
+        assert self.engine is not None
         try:
             self.connection.close()
         except sa_exc.SQLAlchemyError as exc:
@@ -422,6 +466,8 @@ UPGRADE_LOCK = 0x64617461666C6F77  # 'dataflow': one `db upgrade` at a time
 def upgrade(url: str) -> tuple[int, int]:
     """Create or migrate the PostgreSQL schema; (version before, version now). Idempotent,
     and safe to run from several hosts at once (an advisory transaction lock)."""
+    from sqlalchemy import exc as sa_exc
+
     store = Store(postgres_engine(url), lambda exc: database_error(url, exc))
     try:
         store.begin()
@@ -429,7 +475,7 @@ def upgrade(url: str) -> tuple[int, int]:
             store.execute("SELECT pg_advisory_xact_lock(?)", (UPGRADE_LOCK,))
             before = schema_version(store)
             if before < SCHEMA_VERSION:
-                METADATA.create_all(store.connection)
+                metadata().create_all(store.connection)
                 for version, table, column, declaration in ADDED_COLUMNS:
                     if before < version:
                         store.execute(

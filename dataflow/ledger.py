@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import exc as sa_exc
 
 from dataflow import lease as leases
 from dataflow.checkpoint import COLUMNS as CHECKPOINT_COLUMNS
@@ -44,7 +43,6 @@ from dataflow.db import (
     postgres_engine,
     schema_version,
     shown,
-    sqlite_engine,
     state_url,
 )
 from dataflow.errors import DataflowError, StateError
@@ -163,9 +161,7 @@ def state_error(directory: Path, exc: BaseException) -> StateError:
 
 def _sqlite_error(directory: Path) -> Any:
     def on_error(exc: BaseException) -> StateError:
-        if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
-            exc = exc.orig  # the sqlite3 error, as the messages have always said it
-        return state_error(directory, exc)
+        return state_error(directory, exc)  # the sqlite3 error (`Store.open_sqlite`)
 
     return on_error
 
@@ -195,8 +191,10 @@ class Ledger:
         self.where = str(self.path)
         self.postgres = False
         path = self.path
-        engine = sqlite_engine(lambda: sqlite3.connect(path, timeout=30, isolation_level=None))
-        self._db = Store(engine, _sqlite_error(self.directory))
+        self._db = Store.open_sqlite(
+            lambda: sqlite3.connect(path, timeout=30, isolation_level=None),
+            _sqlite_error(self.directory),
+        )
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
