@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dataflow.lease import Lease, lost
 from dataflow.rows import Accepted, RecordResult
 
 SCHEMA = """
@@ -107,11 +108,13 @@ class Checkpoints:
         db: Executor,
         dataflow: str,
         guard: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        lease: Callable[[], Lease | None] = lambda: None,
     ) -> None:
         self.db = db  # the ledger's connection; the ledger created SCHEMA
         self.dataflow = dataflow
         # around every write: the ledger's check of the file's lease (dataflow.lease), if any
         self.guard = guard
+        self.lease = lease  # the lease held on the file now (the ack carries its fence)
 
     def open(
         self, sha256: str, name: str, send_no: int = 0, retry_of: str | None = None
@@ -183,11 +186,24 @@ class Checkpoints:
         else:
             lines = np.array([r.line_no for r in results], dtype=np.int64)
             failures = [[r.line_no, r.status_code, r.message] for r in results if not r.ok]
-        with self.guard():
-            self.db.execute(
-                "INSERT INTO acks (dataflow, sha256, lines, failures) VALUES (?, ?, ?, ?)",
-                (self.dataflow, key, lines.tobytes(), json.dumps(failures) if failures else None),
-            )
+        row = (self.dataflow, key, lines.tobytes(), json.dumps(failures) if failures else None)
+        lease = self.lease()
+        if lease is None:
+            with self.guard():
+                self.db.execute(
+                    "INSERT INTO acks (dataflow, sha256, lines, failures) VALUES (?, ?, ?, ?)", row
+                )
+            return
+        # the fence checked by the insert itself: one statement, atomic on its own, instead of
+        # a transaction around a check and the insert (four statements; issue 11)
+        share = " FOR SHARE" if getattr(self.db, "postgres", False) else ""
+        inserted = self.db.execute(
+            "INSERT INTO acks (dataflow, sha256, lines, failures) SELECT ?, ?, ?, ? WHERE EXISTS "
+            f"(SELECT 1 FROM leases WHERE dataflow = ? AND name = ? AND fence = ?{share})",
+            (*row, lease.dataflow, lease.name, lease.fence),
+        )
+        if inserted.rowcount != 1:
+            raise lost(lease)
 
     def error_file(self, key: str, *, name: str | None = None, path: str | None = None) -> None:
         column, value = ("error_name", name) if name is not None else ("error_path", path)

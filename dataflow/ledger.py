@@ -243,7 +243,10 @@ class Ledger:
     def checkpoints(self, dataflow: str) -> Checkpoints:
         if dataflow not in self._checkpoints:
             self._checkpoints[dataflow] = Checkpoints(
-                self._db, dataflow, guard=lambda: self._fenced(dataflow)
+                self._db,
+                dataflow,
+                guard=lambda: self._fenced(dataflow),
+                lease=lambda: self._leases.get(dataflow),
             )
         return self._checkpoints[dataflow]
 
