@@ -99,9 +99,9 @@ class EarlyStep:
     async def result(self, sha256: str) -> Path | None:
         """The step's output when it read exactly the download (SHA-256 `sha256`), its error
         raised as `apply` would raise it; None when `apply` must run on the file instead."""
-        self._settled = True
         self.follower.finish()
-        await asyncio.wait([self._task])
+        await asyncio.wait([self._task])  # cancelled here: `abandon` still stops the step
+        self._settled = True
         self.follower.cut()  # gpg has ended: nothing more is read
         size = self.downloaded.stat().st_size if self.downloaded.exists() else -1
         if not (self.follower.size == size > 0 and self.follower.sha256.hexdigest() == sha256):
@@ -118,11 +118,16 @@ class EarlyStep:
         wait for it to end (what it wrote is in the file's private directory)."""
         if self._settled:
             return
-        self._settled = True
         self.follower.cut()
-        await asyncio.wait([self._task])
-        if not self._task.cancelled():
-            self._task.exception()  # retrieved: it was stopped
+        try:
+            await asyncio.shield(asyncio.wait([self._task]))
+        except asyncio.CancelledError:  # cancelled itself: still wait for the step to end
+            await asyncio.wait([self._task])
+            raise
+        finally:
+            self._settled = self._task.done()
+            if self._task.done() and not self._task.cancelled():
+                self._task.exception()  # retrieved: it was stopped
 
 
 def start(steps: list[FileStep], downloaded: Path, workdir: Path) -> EarlyStep | None:

@@ -34,6 +34,7 @@ Adding a template is one `Template(...)` value registered in `TEMPLATES`; see do
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -285,6 +286,8 @@ class _Element(msgspec.Struct):
 
 
 _IMPORT_ANSWER = msgspec.json.Decoder(list[_Element])
+# a number orjson reads as infinity (and refuses): the parsed path decides such a body
+_HUGE_NUMBER = re.compile(rb"\d{309,}|[eE][+-]?\d{3,}")
 
 
 class _BadgeIds(Sequence[Any]):
@@ -315,7 +318,9 @@ def accept_import_answer(request: Request, content: bytes) -> Accepted | None:
     try:
         content.decode()
         elements = _IMPORT_ANSWER.decode(content)
-    except (UnicodeDecodeError, msgspec.MsgspecError):
+    except (UnicodeDecodeError, msgspec.MsgspecError, RecursionError):
+        return None
+    if _HUGE_NUMBER.search(content):  # orjson refuses one beyond a double, even skipped
         return None
     if len(elements) != len(request.line_nos):
         return None

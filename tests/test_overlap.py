@@ -229,3 +229,27 @@ def test_an_abandoned_step_is_stopped(tmp_path: Path) -> None:
         assert (tmp_path / "out").read_bytes() == b"partial"[: step.follower.size]
 
     asyncio.run(go())
+
+
+class SlowReader(Reader):
+    def apply_stream(self, stream: ByteStream, path: Path, workdir: Path) -> Path:
+        time.sleep(0.5)
+        return super().apply_stream(stream, path, workdir)
+
+
+def test_a_result_cancelled_while_waiting_is_still_stopped_by_abandon(tmp_path: Path) -> None:
+    async def go() -> None:
+        downloaded = tmp_path / "download"
+        downloaded.write_bytes(b"BAD")
+        step = EarlyStep(
+            SlowReader(BlockConfig(name="s", type="reader"), None), downloaded, tmp_path
+        )
+        waiting = asyncio.ensure_future(step.result(sha(b"BAD")))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await step.abandon()  # waits for the step, retrieves its FileRejected
+        assert step._task.done()
+
+    asyncio.run(go())

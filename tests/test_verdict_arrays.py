@@ -268,6 +268,9 @@ RAW_ELEMENTS: list[bytes] = [orjson.dumps(element) for element in IMPORT_ELEMENT
     b'{"data":{"earnedBadgeId":5},"extra":{"deep":[1,{"a":null}]}}',
     b'{"data":{"earnedBadgeId":NaN}}',
     b'{"data":{"earnedBadgeId":6},}',  # a trailing comma
+    b'{"data":{"earnedBadgeId":7},"warnings":[1e400]}',  # infinity in a skipped field
+    b'{"data":{"earnedBadgeId":8,"n":-1e309}}',
+    b'{"data":{"earnedBadgeId":9},"deep":' + b"[" * 3000 + b"]" * 3000 + b"}",  # too deep
 ]
 
 
