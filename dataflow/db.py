@@ -361,8 +361,8 @@ class Store:
     and turns every database failure into the StateError that `on_error` makes.
 
     On SQLite it is the sqlite3 connection itself (`open_sqlite`: no SQLAlchemy, neither its
-    import, about 0.15 s at each start, nor its cost per statement: a checkpoint per request
-    is four statements); on PostgreSQL a SQLAlchemy connection (psycopg)."""
+    import, about 0.15 s at each start, nor its cost per statement, paid at each checkpoint);
+    on PostgreSQL a SQLAlchemy connection (psycopg)."""
 
     def __init__(self, engine: Engine, on_error: Callable[[BaseException], StateError]) -> None:
         from sqlalchemy import exc as sa_exc
@@ -372,6 +372,7 @@ class Store:
         self.postgres = self.dialect == "postgresql"
         self.on_error = on_error
         self._sqlite: sqlite3.Connection | None = None
+        self._errors: type[Exception] = sa_exc.SQLAlchemyError  # what a failure raises
         try:
             self.connection: Connection = engine.connect()
         except sa_exc.SQLAlchemyError as exc:
@@ -390,6 +391,7 @@ class Store:
         store.dialect = "sqlite"
         store.postgres = False
         store.on_error = on_error
+        store._errors = sqlite3.Error
         try:
             store._sqlite = connect()
         except sqlite3.Error as exc:
@@ -406,8 +408,6 @@ class Store:
                 return Cursor(rows, [(d[0],) for d in cursor.description], cursor.rowcount)
             except sqlite3.Error as exc:
                 raise self.on_error(exc) from exc
-        from sqlalchemy import exc as sa_exc
-
         sql = sql.replace("%", "%%").replace("?", "%s")
         try:
             result = self.connection.exec_driver_sql(sql, tuple(parameters))
@@ -416,7 +416,7 @@ class Store:
                 names = [(str(name),) for name in keys]
                 return Cursor([tuple(row) for row in result.fetchall()], names, result.rowcount)
             return Cursor([], [], result.rowcount)
-        except sa_exc.SQLAlchemyError as exc:
+        except self._errors as exc:
             raise self.on_error(exc) from exc
 
     def script(self, sql: str) -> None:
@@ -431,21 +431,13 @@ class Store:
         self.execute("BEGIN" if self.postgres else "BEGIN IMMEDIATE")
 
     def close(self) -> None:
-        if self._sqlite is not None:
-            try:
-                self._sqlite.close()
-            except sqlite3.Error as exc:
-                raise self.on_error(exc) from exc
-            return
-        from sqlalchemy import exc as sa_exc
-
-        assert self.engine is not None
         try:
-            self.connection.close()
-        except sa_exc.SQLAlchemyError as exc:
+            (self._sqlite or self.connection).close()
+        except self._errors as exc:
             raise self.on_error(exc) from exc
         finally:
-            self.engine.dispose()
+            if self.engine is not None:
+                self.engine.dispose()
 
 
 def schema_version(store: Store) -> int:

@@ -120,8 +120,8 @@ class EarlyStep:
             return
         self.follower.cut()
         try:
-            await asyncio.shield(asyncio.wait([self._task]))
-        except asyncio.CancelledError:  # cancelled itself: still wait for the step to end
+            await asyncio.wait([self._task])  # a cancelled wait leaves the task running
+        except asyncio.CancelledError:  # so wait again for the step to end, then go
             await asyncio.wait([self._task])
             raise
         finally:

@@ -110,10 +110,14 @@ async def process_file(
     """Process one file, filling `report` as it goes (also when a FatalError stops it)."""
     filedir = Path(tempfile.mkdtemp(prefix="file-", dir=workdir))
     console.listener().file_started(file.name, file.size)
+    # the first file step decrypts the download as its bytes come (dataflow.overlap)
+    early = overlap.start(chain.steps, filedir / "download", filedir)
     try:
         with logs.context(lineage_id=None):  # set once known (a resumed file keeps its own)
-            await _process(chain, file, filedir, ledger, report, run)
+            await _process(chain, file, filedir, ledger, report, run, early)
     finally:
+        if early is not None:
+            await early.abandon()  # stopped and awaited before its directory goes
         shutil.rmtree(filedir, ignore_errors=True)
     return report
 
@@ -125,27 +129,10 @@ async def _process(
     ledger: Ledger,
     report: FileReport,
     run: RunReport,
-) -> None:
-    log.info("%s: downloading", file.path)
-    downloaded = filedir / "download"
-    early = overlap.start(chain.steps, downloaded, filedir)  # decrypts as the bytes come
-    try:
-        await _download_and_send(chain, file, filedir, ledger, report, run, early)
-    finally:
-        if early is not None:
-            await early.abandon()
-
-
-async def _download_and_send(
-    chain: Chain,
-    file: RemoteFile,
-    filedir: Path,
-    ledger: Ledger,
-    report: FileReport,
-    run: RunReport,
     early: overlap.EarlyStep | None,
 ) -> None:
     source = chain.source
+    log.info("%s: downloading", file.path)
     downloaded = filedir / "download"
     try:
         sha = report.sha256 = await asyncio.to_thread(source.download, file, downloaded)
