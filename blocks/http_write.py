@@ -337,6 +337,10 @@ class HttpWrite(Sink):
                 return None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 failures += 1
+                # the connection failed: the server may come back as a new process that knows
+                # no token, so a 401 after this earns another renewal (a token refused right
+                # after its renewal still stops the run)
+                renewed = False
                 wait = self.retry.delay(failures)
                 if wait is None:
                     last = f"{type(exc).__name__} after {failures} attempt(s)"
