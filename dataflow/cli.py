@@ -37,8 +37,9 @@ def _setup_logging(verbose: bool, log_format: LogFormat = "text") -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("httpx", "httpcore", "apscheduler.executors"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # python-gnupg logs gpg's status lines at WARNING; pgp_decrypt says what they mean
-    logging.getLogger("gnupg").setLevel(logging.DEBUG if verbose else logging.ERROR)
+    # python-gnupg logs gpg's status lines at WARNING, and a broken pipe (gpg stopped reading
+    # a file that is not PGP data) as an ERROR with a traceback; pgp_decrypt says what they mean
+    logging.getLogger("gnupg").setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
     # paramiko logs a dropped connection with a traceback; sftp_read says it in its own words
     logging.getLogger("paramiko").setLevel(logging.WARNING if verbose else logging.CRITICAL + 1)
 
