@@ -289,6 +289,29 @@ def test_a_character_split_across_decode_blocks_is_not_an_error(tmp_path: Path) 
         CsvChunks(path).check_decodable()
 
 
+def test_a_bad_byte_after_a_whole_block_of_ascii(tmp_path: Path) -> None:
+    # the first 1 MiB is ASCII (passed without decoding): the offset and line still count it
+    head = f"{HEADER}\n".encode()
+    line = f"B,1,{EVENT},{LATER}\n".encode()
+    body = head + line * ((1 << 20) // len(line) + 1)
+    data = body + b"B,\x81,x,y\n"
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    where, line = len(body) + 2, body.count(b"\n") + 1
+    with pytest.raises(FileRejected, match=rf"byte 0x81 at offset {where}, on line {line}\)"):
+        CsvChunks(path).check_decodable()
+
+
+def test_a_character_cut_by_the_block_and_followed_by_ascii_is_an_error(tmp_path: Path) -> None:
+    head = f"{HEADER}\n".encode()
+    data = head + b"B" * ((1 << 20) - len(head) - 1) + b"\xc3" + b",1,x,y\n" * 10
+    assert data[(1 << 20) - 1] == 0xC3  # the next block is all ASCII: it must still be decoded
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    with pytest.raises(FileRejected, match=rf"byte 0xc3 at offset {(1 << 20) - 1}, on line 2\)"):
+        CsvChunks(path).check_decodable()
+
+
 # --- end to end -------------------------------------------------------------------------------
 
 
