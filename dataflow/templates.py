@@ -273,11 +273,11 @@ _BadgeId = (
 )
 
 
-class _Earned(msgspec.Struct):
+class _Earned(msgspec.Struct, gc=False):  # no cycles: untracked, 15 % faster to decode
     earnedBadgeId: _BadgeId
 
 
-class _Element(msgspec.Struct):
+class _Element(msgspec.Struct, gc=False):
     """An element that accepts its record; its other fields (warnings, ...) are skipped."""
 
     data: _Earned
@@ -285,20 +285,6 @@ class _Element(msgspec.Struct):
 
 
 _IMPORT_ANSWER = msgspec.json.Decoder(list[_Element])
-# A number orjson reads as infinity (and refuses), which msgspec skips unread in a field it
-# does not decode: 309 or more digits, or an exponent of 3 digits or more. Looked for with
-# `bytes.translate` (digits to 0, e/E to e, signs deleted) and two searches: 0.06 ms for a
-# 1000-record answer, where a regular expression takes over 1 ms. A false alarm (such text
-# inside a string) only sends the body to the parsed path.
-_NUMBER_SHAPE = bytes(
-    ord("0") if chr(c).isdigit() and c < 128 else ord("e") if c in b"eE" else ord(" ")
-    for c in range(256)
-)
-
-
-def _may_overflow(content: bytes) -> bool:
-    shape = content.translate(_NUMBER_SHAPE, b"+-")
-    return b"0e000" in shape or b"0" * 309 in shape
 
 
 class _BadgeIds(Sequence[Any]):
@@ -324,14 +310,13 @@ def accept_import_answer(request: Request, content: bytes) -> Accepted | None:
     straight into typed structs (msgspec): the check runs in the decoder, with no dict per
     element and no loop in Python (issue 11: 0.50 -> 0.14 ms per 1000-record answer).
     A body with invalid UTF-8 anywhere goes to the parsed path (orjson refuses it; msgspec
-    does not read the fields it skips).
+    does not read the fields it skips). A number beyond a double in a skipped field (1e400)
+    is read by the parsed path too (`http_write._json`), so no scan for one is needed.
     """
     try:
         content.decode()
         elements = _IMPORT_ANSWER.decode(content)
     except (UnicodeDecodeError, msgspec.MsgspecError, RecursionError):
-        return None
-    if _may_overflow(content):  # orjson refuses a number beyond a double, even skipped
         return None
     if len(elements) != len(request.line_nos):
         return None

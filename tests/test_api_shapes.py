@@ -206,6 +206,33 @@ def test_an_answer_that_confirms_nothing_fails_the_rows_not_final(
     assert "the outcome is unknown" in results[0].message
 
 
+@pytest.mark.parametrize(
+    ("extra", "accepted"),
+    [
+        ("1e400", True),  # a number beyond a double, where the client does not read
+        ("-" + "9" * 5000, True),  # an integer past int()'s 4300 digits
+        ('"\\ud800"', False),  # a lone surrogate is not text: the answer confirms nothing
+        ("NaN", False),
+    ],
+)
+def test_an_all_success_answer_with_odd_values_where_the_client_does_not_read(
+    api: Emulator, tmp_path: Path, extra: str, accepted: bool
+) -> None:
+    elements = [
+        f'{{"data":{{"earnedBadgeId":{n}}},"errors":null,"warnings":[{extra}]}}' for n in (1, 2)
+    ]
+    api.configure(answer_next=[{"status": 200, "text": "[" + ",".join(elements) + "]"}])
+    results = send(make(api, tmp_path), requests(2))
+    if accepted:
+        assert [(r.ok, r.final, r.api_id) for r in results] == [
+            (True, True, "1"),
+            (True, True, "2"),
+        ]
+    else:
+        assert [(r.ok, r.final) for r in results] == [(False, False)] * 2
+        assert "the outcome is unknown" in results[0].message
+
+
 # --- 5: the rate limit, from the first request ---------------------------------------------
 
 

@@ -27,6 +27,7 @@ from dataflow.templates import (
     _import_verdict,
     accept_import_answer,
 )
+from dataflow_blocks import http_write
 
 SHA = "e" * 64
 SOURCE = pd.DataFrame({"customer": [str(100 + n) for n in range(2, 12)]}, index=range(2, 12))
@@ -271,15 +272,21 @@ RAW_ELEMENTS: list[bytes] = [orjson.dumps(element) for element in IMPORT_ELEMENT
     b'{"data":{"earnedBadgeId":7},"warnings":[1e400]}',  # infinity in a skipped field
     b'{"data":{"earnedBadgeId":8,"n":-1e309}}',
     b'{"data":{"earnedBadgeId":9},"deep":' + b"[" * 3000 + b"]" * 3000 + b"}",  # too deep
+    b'{"data":{"earnedBadgeId":10},"warnings":[' + b"7" * 5000 + b"]}",  # past int()'s digits
+    b'{"data":{"earnedBadgeId":11},"warnings":[NaN]}',  # not JSON, even where skipped
+    b'{"data":{"earnedBadgeId":12},"warnings":[Infinity]}',
+    b'{"data":{"earnedBadgeId":13},"warnings":["\\ud800"]}',  # a lone surrogate, skipped
+    b'{"data":{"earnedBadgeId":14},"extra":{"a":1,}}',  # a trailing comma where skipped
+    b'{"data":{"earnedBadgeId":15},"extra":[1.]}',  # a number cut short
+    b'{"data":{"earnedBadgeId":16},"extra":"\x01"}',  # a control character in a text
 ]
 
 
 def parsed_path(request: Request, body: bytes) -> list[RecordResult] | None:
     """The verdicts without the struct decoder: what HttpWrite did before it (None: the
     body is not JSON, so no row is accepted)."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    payload = http_write._json(body)
+    if payload is http_write._NOT_JSON:
         return None
     return list(EARNED_BADGES.parse_response(request, 200, payload))
 
