@@ -379,6 +379,8 @@ class SftpRead(Source):
     def open(self) -> None:
         import paramiko
 
+        from dataflow_blocks._channel import open_sftp
+
         c = self.config
         known = self._known_host_keys()
         try:
@@ -400,7 +402,7 @@ class SftpRead(Source):
             transport.start_client(timeout=c.timeout_seconds)
             self._verify_host_key(transport.get_remote_server_key(), known)
             self._authenticate(transport)
-            self._sftp = paramiko.SFTPClient.from_transport(transport)
+            self._sftp = open_sftp(transport)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self.close()
             reason = describe(exc, c.timeout_seconds)
