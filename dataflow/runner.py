@@ -316,7 +316,7 @@ async def _run(
                 continue
             except FatalError as exc:
                 current.status = "failure"
-                current.reason = f"{redact(str(exc))} (the file was left in place for the next run)"
+                current.reason = _kept(redact(str(exc)))
                 report.files.append(current)
                 if not isinstance(exc, StateError):
                     _record(ledger, report, current, dry_run)
@@ -413,3 +413,13 @@ def _record(ledger: Ledger, run: RunReport, current: FileReport, dry_run: bool) 
 
 def _one(blocks: list[Block], kind: type[Any]) -> Any:
     return next(b for b in blocks if isinstance(b, kind))
+
+
+_SAYS_KEPT = ("kept for the next run", "the file is kept", "left in place")
+
+
+def _kept(reason: str) -> str:
+    """A stopped file's reason, saying once that the file stays for the next run."""
+    if any(words in reason for words in _SAYS_KEPT):
+        return reason
+    return f"{reason} (the file was left in place for the next run)"

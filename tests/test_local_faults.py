@@ -68,5 +68,6 @@ def test_temp_directory_too_small_for_the_download_keeps_the_file(bed: Bed) -> N
     assert result.returncode == 1, result.stderr
     assert "local disk full at " + str(tmp) in result.stdout
     assert "the file is kept for the next run" in result.stdout
+    assert "left in place" not in result.stdout  # said once, not twice
     assert "SFTP download" not in result.stdout and "Traceback" not in result.stderr
     assert_nothing_done(bed)
