@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # SQLAlchemy is imported for PostgreSQL only: a run on SQLite
     import sqlalchemy as sa
     from sqlalchemy.engine import Connection, Engine
 
-SCHEMA_VERSION = 3  # the PostgreSQL schema `upgrade` creates; bump with each migration
+SCHEMA_VERSION = 4  # the PostgreSQL schema `upgrade` creates; bump with each migration
 # keepalives on the client (libpq) and on the server (its side of the same connection)
 KEEPALIVES = {
     "keepalives": 1,
@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS shards (
     summary TEXT,  -- JSON [[stage, code, message, count]]
     failed TEXT,  -- JSON [[line, code, message]]: rows the API failed (dataflow retry)
     owner TEXT,  -- the worker that sent it
+    stops BIGINT,  -- deliveries that stopped on an error (NULL: none; schema 4)
+    stopped TEXT,  -- the last such error, as the worker logged it
     PRIMARY KEY (dataflow, send_key, shard_no)
 );
 CREATE TABLE IF NOT EXISTS shard_errors (  -- a done shard's error file, in parts (streamed)
@@ -257,6 +259,8 @@ def metadata() -> sa.MetaData:
         _text("summary"),
         _text("failed"),
         _text("owner"),
+        _int("stops"),
+        _text("stopped"),
     )
     sa.Table(
         "shard_errors",
@@ -273,6 +277,8 @@ def metadata() -> sa.MetaData:
 ADDED_COLUMNS = (
     (3, "shard_sets", "chunk_bytes", "BIGINT"),
     (3, "shard_sets", "parse", "TEXT"),
+    (4, "shards", "stops", "BIGINT"),
+    (4, "shards", "stopped", "TEXT"),
 )
 
 

@@ -111,6 +111,8 @@ COLUMNS = (
     ("files", "retry_of", "TEXT"),  # the lineage a `dataflow retry` sent again
     ("shard_sets", "chunk_bytes", "BIGINT"),  # the parse chunk the shards were planned with
     ("shard_sets", "parse", "TEXT"),  # JSON: the parse settings the chunks depend on
+    ("shards", "stops", "BIGINT"),  # deliveries of a shard that stopped on an error
+    ("shards", "stopped", "TEXT"),  # the last such error
     *CHECKPOINT_COLUMNS,
 )
 FILE_COLUMNS = (

@@ -118,8 +118,10 @@ def _run_logged(
                 report.settle()
                 return report
             if _sharded_elsewhere(dataflow, report, ledger, mode):
-                return report
-            _run_locked(dataflow, report, ledger, mode)
+                if report.skipped:
+                    return report
+            else:
+                _run_locked(dataflow, report, ledger, mode)
         alert_run(dataflow, report, ledger)  # outside the lock: a slow receiver holds up no run
     except StateError as exc:
         if not report.finished_at:
@@ -133,25 +135,35 @@ def _run_logged(
 
 def _sharded_elsewhere(dataflow: Dataflow, report: RunReport, ledger: Ledger, mode: Mode) -> bool:
     """While workers send a big file of this dataflow in shards they have its rate limit:
-    the run is skipped (on a worker, the shards nobody is sending are enqueued again)."""
+    the run is skipped (on a worker, the shards nobody is sending are enqueued again). When
+    a shard has stopped on an error `shards.STALLED_AFTER` times, the run is a failure
+    instead, recorded and alerted, whose reason names the shard, its error and what to do."""
     if mode.dry_run:
         return False
     sets = shards.active(ledger, dataflow.name)
     if not sets:
         return False
-    names = ", ".join(
-        f"{one['name']} ({len(one['pending'])} of {one['shards']} shards left)" for one in sets
-    )
-    report.skipped = True
-    report.reason = (
-        f"workers are sending {names} in shards with this dataflow's rate limit; nothing done, "
-        "the other files wait for the next run after it"
-    )
-    log.warning("%s", report.reason)
+    stalled = [one for one in sets if one["stalled"]]
+    if stalled:  # the run fails, is recorded and alerts: someone must act
+        ledger.start_run(report)
+        report.reason = "; ".join(shards.stalled_reason(one) for one in stalled)
+        log.error("%s", report.reason)
+    else:
+        names = ", ".join(
+            f"{one['name']} ({len(one['pending'])} of {one['shards']} shards left)" for one in sets
+        )
+        report.skipped = True
+        report.reason = (
+            f"workers are sending {names} in shards with this dataflow's rate limit; nothing "
+            "done, the other files wait for the next run after it"
+        )
+        log.warning("%s", report.reason)
     if isinstance(mode.shards, shards.Sharder):
         shards.enqueue_orphans(ledger, dataflow.name, sets, mode.shards)
     report.finished_at = now_iso()
     report.settle()
+    if stalled:
+        ledger.finish_run(report)
     return True
 
 

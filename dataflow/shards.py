@@ -65,9 +65,9 @@ from dataflow.config import Dataflow
 from dataflow.db import COUNTS
 from dataflow.digest import BLOCK
 from dataflow.errorfile import ErrorFile
-from dataflow.errors import FatalError
-from dataflow.lease import Lease, lease_seconds, worker_name
-from dataflow.ledger import Ledger
+from dataflow.errors import FatalError, StateError, Stopped
+from dataflow.lease import Lease, LeaseLost, lease_seconds, worker_name
+from dataflow.ledger import MESSAGE_CHARS, Ledger
 from dataflow.pipeline import (
     IN_PROGRESS,
     Chain,
@@ -76,10 +76,12 @@ from dataflow.pipeline import (
     process_shard,
     upload_error_file,
 )
+from dataflow.redact import redact
 from dataflow.report import FileReport, RunReport
 
 log = logging.getLogger(__name__)
 
+STALLED_AFTER = 3  # deliveries of a shard stopped on an error: its dataflow's runs then fail
 SHARD_ENV = "DATAFLOW_SHARD_ROWS"
 SHARD_DEFAULT = 1_000_000
 HEADER_READ = 1 << 16  # what dataflow.csvchunks reads with the header (its first chunk)
@@ -211,20 +213,46 @@ def record_split(
 
 
 def active(ledger: Ledger, dataflow: str) -> list[dict[str, Any]]:
-    """The shard sets of `dataflow` still in progress, with their pending shards."""
+    """The shard sets of `dataflow` still in progress, with their pending shards and, in
+    ``stalled``, those of them that stopped on an error `STALLED_AFTER` times or more."""
     sets = ledger.select(
         "SELECT * FROM shard_sets WHERE dataflow = ? AND state = 'running'", (dataflow,)
     )
     for one in sets:
-        one["pending"] = [
-            int(r["shard_no"])
-            for r in ledger.select(
-                "SELECT shard_no FROM shards WHERE dataflow = ? AND send_key = ? AND "
-                "state = 'pending' ORDER BY shard_no",
-                (dataflow, one["send_key"]),
-            )
-        ]
+        pending = ledger.select(
+            "SELECT shard_no, stops, stopped FROM shards WHERE dataflow = ? AND send_key = ? "
+            "AND state = 'pending' ORDER BY shard_no",
+            (dataflow, one["send_key"]),
+        )
+        one["pending"] = [int(r["shard_no"]) for r in pending]
+        one["stalled"] = [r for r in pending if int(r["stops"] or 0) >= STALLED_AFTER]
     return sets
+
+
+def record_stop(ledger: Ledger, dataflow: str, key: str, number: int, error: str) -> None:
+    """Count a delivery of shard `number` that stopped on `error` (kept for the runs of the
+    dataflow, which report a shard that keeps stopping: `stalled`). Best effort: a state
+    that cannot be written is what stopped the shard, and its worker has logged it."""
+    with contextlib.suppress(FatalError):
+        ledger.store.execute(
+            "UPDATE shards SET stops = COALESCE(stops, 0) + 1, stopped = ? "
+            "WHERE dataflow = ? AND send_key = ? AND shard_no = ? AND state = 'pending'",
+            (redact(error)[:MESSAGE_CHARS], dataflow, key, number),
+        )
+
+
+def stalled_reason(one: Mapping[str, Any]) -> str:
+    """What a run of the dataflow says of a set whose shards keep stopping, and what to do."""
+    stops = "; ".join(
+        f"shard {r['shard_no']} of {one['shards']} stopped {r['stops']} times, last: {r['stopped']}"
+        for r in one["stalled"]
+    )
+    return (
+        f"{one['name']} (split by run {one['run_id']}) cannot be finished: {stops}. Its other "
+        "shards' rows are sent and the dataflow's other files wait; fix the cause (a file "
+        "replaced on the server must be put back as it was: SHA-256 "
+        f"{str(one['sha256'])[:16]}...) and the next run enqueues the shard again"
+    )
 
 
 def enqueue_orphans(
@@ -280,7 +308,14 @@ def run_shard(path: str, dataflow_name: str, key: str, number: int) -> str:
             return "finished"
         one = rows[0]
         with logs.context(dataflow=dataflow.name, run_id=one["run_id"]):
-            return asyncio.run(_shard(dataflow, ledger, one, number))
+            try:
+                return asyncio.run(_shard(dataflow, ledger, one, number))
+            except (Stopped, LeaseLost, StateError):
+                raise  # not the shard's own problem: SIGTERM, another worker, the state
+            except Exception as exc:
+                text = str(exc) if isinstance(exc, FatalError) else f"{type(exc).__name__}: {exc}"
+                record_stop(ledger, dataflow_name, key, number, text)
+                raise
     finally:
         metrics.flush(ledger)  # the API request counts of this shard (never raises)
         with contextlib.suppress(FatalError):

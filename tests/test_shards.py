@@ -187,3 +187,19 @@ def test_db_upgrade_adds_the_shard_tables_to_a_schema_1_database(pg_url: str) ->
         count = conn.execute(sa.text("SELECT COUNT(*) FROM shards")).scalar()
     engine.dispose()
     assert count == 0
+
+
+def test_db_upgrade_adds_the_stop_columns_to_a_schema_3_database(pg_url: str) -> None:
+    engine = sa.create_engine(pg_url)
+    with engine.begin() as conn:  # as `db upgrade` of schema 3 left it
+        conn.execute(sa.text("ALTER TABLE shards DROP COLUMN stops, DROP COLUMN stopped"))
+        conn.execute(sa.text("UPDATE schema_version SET version = 3"))
+    assert db.upgrade(pg_url) == (3, db.SCHEMA_VERSION)
+    with engine.connect() as conn:
+        columns = conn.execute(
+            sa.text(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'shards'"
+            )
+        ).scalars()
+        assert {"stops", "stopped"} <= set(columns)
+    engine.dispose()

@@ -29,6 +29,7 @@ from dataflow.ledger import Ledger
 from dataflow.report import FileReport, RunReport
 from dataflow.shards import (
     PART_BYTES,
+    STALLED_AFTER,
     Sharder,
     assemble_errors,
     pack_failed,
@@ -320,3 +321,41 @@ def test_two_finishers_of_one_set_finish_it_once(
     wait_until(lambda: len(receiver.accepted()) >= 1, 30)
     time.sleep(0.5)
     assert [p["event"] for p in receiver.accepted()] == ["partial"]
+
+
+def test_a_shard_that_keeps_stopping_fails_the_runs_until_its_file_is_put_back(
+    bed: Bed, pg_url: str, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    channel = {"type": "webhook", "url": receiver.url}
+    events = ["failure", "partial", "recovered"]
+    alerts = {"events": events, "partial_threshold_percent": 0, "channels": [channel]}
+    config, sharder, queued = split_in_process(bed, pg_url, monkeypatch, alerts)  # shard 0 sent
+    original = (bed.sftp.root / "inbox" / "badges_big.csv.gpg").read_bytes()
+    # the vendor replaces the file while shard 1 waits: the same rows, encrypted again
+    bed.sftp.put("inbox/badges_big.csv.gpg", bed.keys.encrypt(csv_rows(bulk=False)))
+    env = {**bed.env, "DATAFLOW_STATE_URL": pg_url}
+    for stop in range(1, STALLED_AFTER + 1):
+        assert celery_app.shard_task(*queued[-1]) == "stopped"  # its SHA-256 differs
+        later = runner.run(load_dataflow(config), shards=sharder)
+        assert queued[-1][3] == 1 and len(queued) == 2 + stop  # enqueued again each time
+        if stop < STALLED_AFTER:  # waiting for the shards, as before: nothing recorded
+            assert later.skipped and later.status == "no_files", later.reason
+    assert not later.skipped and later.status == "failure"
+    assert f"shard 1 of 2 stopped {STALLED_AFTER} times" in later.reason
+    assert "changed while it was sent in shards" in later.reason
+    assert "must be put back as it was" in later.reason
+    wait_until(lambda: len(receiver.accepted()) >= 1, 30)
+    (post,) = receiver.accepted()
+    assert (post["event"], post["run_id"]) == ("failure", later.run_id)
+    assert "cannot be finished" in post["reason"]
+    (failed,) = [r for r in history(bed, env) if r["run_id"] == later.run_id]
+    assert failed["status"] == "failure" and "cannot be finished" in failed["reason"]
+
+    # the original put back: the shard is sent, the file finished once, the runs recover
+    bed.sftp.put("inbox/badges_big.csv.gpg", original)
+    assert run_shard(*queued[-1]) == "finished the file"
+    check_outcome(bed, env, [r["customerId"] for r in bed.api.received()])
+    after = runner.run(load_dataflow(config), shards=sharder)
+    assert after.status == "no_files" and not after.skipped
+    wait_until(lambda: len(receiver.accepted()) >= 3, 30)
+    assert [p["event"] for p in receiver.accepted()] == ["failure", "partial", "recovered"]
