@@ -78,7 +78,7 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, TypeVar
@@ -817,20 +817,21 @@ class SftpRead(Source):
         ratio = self.config.max_expansion_ratio
         return _Expansion(what, compressed, ratio, max(ratio * compressed, MIN_EXPANSION_BOUND))
 
-    def upload_error_file(self, local: Path, name: str) -> str:
+    def upload_error_file(self, local: Path, name: str, *, earlier: Collection[str] = ()) -> str:
         """Upload under a hidden temporary name, then rename to `name` (never overwriting).
 
         Idempotent: the temporary name is derived from `name` (a retry replaces a stale one),
         and a file with the same content already at `name` (or at a suffixed `name.<stamp>`,
-        where a taken name sends it) is an earlier attempt of this upload that completed
-        (renames are atomic): it is not uploaded again.
+        where a taken name sends it), or with one of the SHA-256 digests `earlier` (what an
+        earlier attempt of an encrypted file uploaded), is an earlier attempt of this upload
+        that completed (renames are atomic): it is not uploaded again.
         """
         directory = self.config.error_directory
         self._ensure_dir(directory)
         final = posixpath.join(directory, name)
-        earlier = self._same_content(local, directory, name)
-        if earlier is not None:
-            return earlier
+        done = self._same_content(local, directory, name, set(earlier))
+        if done is not None:
+            return done
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
         temp = posixpath.join(directory, f"{TEMP_PREFIX}{digest}.tmp")
 
@@ -844,11 +845,16 @@ class SftpRead(Source):
             self._remove_quietly(temp)
             raise
         crash_point("error_temp")
-        return self._rename_unique(temp, final)
+        path = self._rename_unique(temp, final)
+        crash_point("error_renamed")
+        return path
 
-    def _same_content(self, local: Path, directory: str, name: str) -> str | None:
+    def _same_content(
+        self, local: Path, directory: str, name: str, earlier: set[str]
+    ) -> str | None:
         """The path of a file in `directory` named `name` (or `name.<suffix>`) whose bytes
-        equal `local`'s, if there is one (sizes compared first; content only on a match)."""
+        equal `local`'s, or whose SHA-256 is in `earlier`, if there is one (without
+        `earlier`, sizes compared first; content only on a match)."""
         size = local.stat().st_size
 
         def candidates() -> list[str]:
@@ -856,16 +862,16 @@ class SftpRead(Source):
                 posixpath.join(directory, entry.filename)
                 for entry in self.sftp.listdir_attr(directory)
                 if (entry.filename == name or entry.filename.startswith(name + "."))
-                and entry.st_size == size
+                and (earlier or entry.st_size == size)
             ]
 
         matches = self._retrying("listing of", directory, candidates)
         if not matches:
             return None
-        wanted = sha256_of(local)
+        wanted = {sha256_of(local), *earlier}
         for path in matches:
             remote = self._retrying("read of", path, functools.partial(self._remote_sha256, path))
-            if remote == wanted:
+            if remote in wanted:
                 return path
         return None
 

@@ -15,7 +15,7 @@ and at most one Trigger (when it runs by itself; without one it runs only on dem
     Sink.build_requests(records, source, file_id) -> [Request]   (the sink batches; the
                                                template says what one request looks like)
     Sink.send(requests, on_result)             (async; one RecordResult per source line)
-    Source.upload_error_file(local, name), Source.move_original(file, failed)
+    Source.upload_error_file(local, name, *, earlier=()), Source.move_original(file, failed)
 
 Each block type is one module in the top-level `blocks/` folder (import name
 `dataflow_blocks`) with a `Config` model (a `BlockConfig`) that declares every key once; that
@@ -27,7 +27,7 @@ in `close()`, and translate library exceptions into `dataflow.errors` at their b
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -149,12 +149,14 @@ class Source(Block):
         """Stream `file` to `dest`; return the SHA-256 hex digest of its bytes."""
 
     @abc.abstractmethod
-    def upload_error_file(self, local: Path, name: str) -> str:
+    def upload_error_file(self, local: Path, name: str, *, earlier: Collection[str] = ()) -> str:
         """Upload atomically to the error directory under `name`; return the final path.
 
         Never overwrites (a taken name gets a suffix), and is idempotent: asked again for the
         same `local` and `name` (a resumed run), an identical file already uploaded is the
-        answer, not a second copy.
+        answer, not a second copy. `earlier` (given only for an encrypted error file, whose
+        bytes differ at each attempt) holds the SHA-256 of what earlier attempts uploaded: a
+        file under `name` with one of them is the answer too.
         """
 
     @abc.abstractmethod

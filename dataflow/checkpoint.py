@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS progress (
     content TEXT,  -- the content's SHA-256 (NULL in older state: sha256 is the content)
     send_no INTEGER NOT NULL DEFAULT 0,
     retry_of TEXT,  -- a retry's original lineage
+    error_digests TEXT,  -- JSON: SHA-256 of each protected (encrypted) error file uploaded
     PRIMARY KEY (dataflow, sha256)  -- sha256 holds the send key (see send_key)
 );
 CREATE TABLE IF NOT EXISTS acks (
@@ -60,6 +61,7 @@ COLUMNS = (
     ("progress", "content", "TEXT"),  # the content's SHA-256 (NULL: sha256 is the content)
     ("progress", "send_no", "INTEGER NOT NULL DEFAULT 0"),
     ("progress", "retry_of", "TEXT"),  # a retry's original lineage
+    ("progress", "error_digests", "TEXT"),  # JSON: the SHA-256 of each protected upload
 )
 
 
@@ -83,6 +85,10 @@ class Progress:
     failures: dict[int, tuple[str, str]] = field(default_factory=dict)
     error_name: str | None = None
     error_path: str | None = None
+    # the SHA-256 of each protected (encrypted) error file an attempt was about to upload:
+    # gpg's output differs at every attempt, so a resumed upload recognises its earlier one
+    # by these, not by its own bytes
+    error_digests: list[str] = field(default_factory=list)
     # line -> (code, message) of every row the API failed in this send, kept by the ledger
     # when the file finishes so that `dataflow retry` can send them again
     failed: dict[int, tuple[str, str]] = field(default_factory=dict)
@@ -133,9 +139,10 @@ class Checkpoints:
                     (self.dataflow, key, name, lineage, sha256, send_no, retry_of),
                 )
             return Progress(lineage, key, send_no)
-        key, lineage, error_name, error_path, send_no = row
+        key, lineage, error_name, error_path, send_no, digests = row
         progress = Progress(lineage, key, send_no, True, error_name=error_name)
         progress.error_path = error_path
+        progress.error_digests = list(json.loads(digests or "[]"))
         chunks = []
         for blob, failures in self.db.execute(
             "SELECT lines, failures FROM acks WHERE dataflow = ? AND sha256 = ?",
@@ -151,7 +158,10 @@ class Checkpoints:
         return progress
 
     def _find(self, sha256: str, send_no: int, retry_of: str | None) -> Any:
-        columns = "SELECT sha256, lineage_id, error_name, error_path, send_no FROM progress"
+        columns = (
+            "SELECT sha256, lineage_id, error_name, error_path, send_no, error_digests "
+            "FROM progress"
+        )
         if send_no == 0:
             where, args = "sha256 = ?", (sha256,)
         elif retry_of is None:  # an interrupted forced send of this content
@@ -211,6 +221,18 @@ class Checkpoints:
             self.db.execute(
                 f"UPDATE progress SET {column} = ? WHERE dataflow = ? AND sha256 = ?",
                 (value, self.dataflow, key),
+            )
+
+    def error_digest(self, progress: Progress, digest: str) -> None:
+        """Record, before its upload, the SHA-256 of a protected error file (see
+        `Progress.error_digests`)."""
+        if digest in progress.error_digests:
+            return
+        progress.error_digests.append(digest)
+        with self.guard():
+            self.db.execute(
+                "UPDATE progress SET error_digests = ? WHERE dataflow = ? AND sha256 = ?",
+                (json.dumps(progress.error_digests), self.dataflow, progress.key),
             )
 
     def forget(self, key: str) -> None:

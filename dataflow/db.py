@@ -200,6 +200,7 @@ def metadata() -> sa.MetaData:
         _text("content"),
         _int("send_no", default=0),
         _text("retry_of"),
+        _text("error_digests"),
     )
     sa.Table(
         "acks",
@@ -277,6 +278,7 @@ def metadata() -> sa.MetaData:
 ADDED_COLUMNS = (
     (3, "shard_sets", "chunk_bytes", "BIGINT"),
     (3, "shard_sets", "parse", "TEXT"),
+    (4, "progress", "error_digests", "TEXT"),
     (4, "shards", "stops", "BIGINT"),
     (4, "shards", "stopped", "TEXT"),
 )

@@ -4,7 +4,8 @@ At the n-th time (default 1) the run reaches `point`, the process sends itself S
 real ``kill -9`` at a precise moment, which a timer cannot give. Points: ``downloading``
 (after each block written by the download), ``downloaded``,
 ``decrypted``, ``acked`` (after an acknowledged request is committed), ``error_temp``
-(the error file is on the server under its temporary name), ``error_uploaded``, ``moved``.
+(the error file is on the server under its temporary name), ``error_renamed`` (under its
+name, not yet checkpointed), ``error_uploaded``, ``moved``.
 Unset (always, outside tests), this does nothing.
 """
 

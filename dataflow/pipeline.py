@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import shutil
@@ -407,8 +408,16 @@ async def upload_error_file(
         checkpoints.error_file(progress.key, name=name)
     if write is not None:
         await asyncio.to_thread(write)
+    plain = local
     local, name = await asyncio.to_thread(protect_output, chain, local, name)
-    report.error_file = await asyncio.to_thread(chain.source.upload_error_file, local, name)
+    earlier: tuple[str, ...] = ()
+    if local != plain:  # encrypted: other bytes at every attempt, recorded before the upload
+        checkpoints.error_digest(progress, await asyncio.to_thread(sha256_of, local))
+        earlier = tuple(progress.error_digests)
+    upload = functools.partial(chain.source.upload_error_file, local, name)
+    if earlier:  # only then: a source written before `earlier` existed works as it did
+        upload = functools.partial(upload, earlier=earlier)
+    report.error_file = await asyncio.to_thread(upload)
     checkpoints.error_file(progress.key, path=report.error_file)
     return True
 

@@ -157,3 +157,22 @@ def test_a_key_gpg_cannot_encrypt_to_stops_the_run_before_any_file(
     assert code == 1, stderr
     assert "cannot encrypt to encrypt_outputs_to" in report["reason"]
     assert bed.sftp.files("inbox") == [NAME] and bed.api.requests() == []
+
+
+def test_a_crash_after_the_encrypted_error_file_is_renamed_uploads_it_once(
+    bed: Bed, other_pgp_keys: PgpKeys
+) -> None:
+    # the window between the rename on the server and its checkpoint: the next run encrypts
+    # the same rows again (new bytes: gpg's session key is random) and must know it is there
+    bed.sftp.put(f"inbox/{NAME}", bed.keys.encrypt(sample_csv()))
+    config = bed.config(decrypt=vendor_key(bed, other_pgp_keys))
+    killed = bed.run("run", str(config), "--json", env={"DATAFLOW_CRASH_AT": "error_renamed"})
+    assert killed.returncode == -9, killed.stderr
+    (first,) = bed.sftp.files("errors")
+    code, report, stderr = bed.run_json(config)
+    assert code == 3, stderr
+    assert bed.sftp.files("errors") == [first]  # one error file, not a suffixed second
+    (f,) = report["files"]
+    assert f["error_file"] == f"/errors/{first}"
+    assert len(rows_of(decrypt(other_pgp_keys, (bed.sftp.root / "errors" / first).read_bytes())))
+    assert bed.sftp.files("processed") == [NAME] and bed.sftp.files("inbox") == []

@@ -102,6 +102,23 @@ def test_uploads_are_atomic_and_never_overwrite(
     assert [n for n in sftp.files("errors") if n.startswith(".dataflow-")] == []
 
 
+def test_an_earlier_attempts_digest_names_its_upload(
+    src: SftpRead, sftp: SftpServer, tmp_path: Path
+) -> None:
+    # an encrypted error file: the resumed attempt has other bytes (and maybe another size)
+    first, again = tmp_path / "a.gpg", tmp_path / "b.gpg"
+    first.write_bytes(b"ciphertext of the first attempt")
+    again.write_bytes(b"the second attempt's, longer ciphertext")
+    uploaded = src.upload_error_file(first, "result_y.csv.gpg")
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+    assert src.upload_error_file(again, "result_y.csv.gpg", earlier={digest}) == uploaded
+    assert sftp.files("errors") == ["result_y.csv.gpg"]
+    # a digest of something else is no answer: uploaded under a suffix, nothing overwritten
+    other = src.upload_error_file(again, "result_y.csv.gpg", earlier={"0" * 64})
+    assert other.startswith("/errors/result_y.csv.gpg.")
+    assert (sftp.root / "errors" / "result_y.csv.gpg").read_bytes() == first.read_bytes()
+
+
 def test_unknown_and_changed_host_keys_are_refused(sftp: SftpServer, tmp_path: Path) -> None:
     empty = tmp_path / "kh"
     empty.write_text("")
