@@ -18,6 +18,7 @@ checkpointed whole, with no work per row unless a result file lists every row.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,10 @@ class Accounts:
         self.unconfirmed = Spool(self.errors.path.with_name("unconfirmed.jsonl"))
         # rows acknowledged before an interruption were verdicts of the API
         self.confirmed = bool(self.progress.acked.any())
+        self.earlier_ids: IdSpool | None = None  # their ids, for a result file
+        if self.errors.all_rows and self.checkpoints is not None and self.confirmed:
+            self.earlier_ids = IdSpool(self.errors.path.with_name("earlier_ids.sqlite"))
+            self.earlier_ids.fill(self.checkpoints.acked_ids(self.progress.key))
 
     def take_chunk(self, chunk: Chunk, done: pd.DataFrame) -> None:
         """Count a chunk's rows; its rejected rows and those resolved earlier are written."""
@@ -66,11 +71,11 @@ class Accounts:
         failed = [n for n in lines if n in failures] if failures else []
         report.rows_succeeded += len(lines) - len(failed)
         written = lines if self.errors.all_rows else failed  # accepted rows: result file only
+        ids = self.earlier_ids.of(written) if self.earlier_ids is not None and written else {}
         for line_no, row in zip(written, rows_of(chunk.source, _lines(written)), strict=True):
             failure = failures.get(line_no)
-            if failure is None:
-                # its id came in an answer of the interrupted run: not kept, so left empty
-                self.errors.add_accepted(line_no, "", row)
+            if failure is None:  # its id came in an answer of the interrupted run
+                self.errors.add_accepted(line_no, ids.get(line_no, ""), row)
                 continue
             code, message = failure
             self._failed(RowError(line_no, STAGE_DESTINATION, message, code), row)
@@ -146,13 +151,17 @@ class Accounts:
             self.errors.add(error, row)
         self.unconfirmed.clear()
 
+    def close(self) -> None:
+        if self.earlier_ids is not None:
+            self.earlier_ids.close()
+
     @property
     def acknowledged(self) -> int:
         return self.report.rows_succeeded + self.report.rows_failed
 
     def _checkpoint(self, verdicts: Sequence[RecordResult]) -> None:
         if self.checkpoints is not None and self.progress.key:
-            self.checkpoints.ack(self.progress.key, verdicts)
+            self.checkpoints.ack(self.progress.key, verdicts, with_ids=self.errors.all_rows)
             crash_point("acked")
 
     def _failed(self, error: RowError, row: list[object] | None) -> None:
@@ -163,6 +172,43 @@ class Accounts:
 
 
 SETTLE_BATCH = 1000  # rows per checkpoint transaction when unconfirmed rows are settled
+
+
+class IdSpool:
+    """The API's ids of the lines acknowledged before an interruption (a result file lists
+    them), in an SQLite file in the file's private directory: looked up chunk by chunk, never
+    all in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode = OFF")
+            self._db.execute("PRAGMA synchronous = OFF")  # a scratch file: rebuilt if lost
+            self._db.execute("CREATE TABLE IF NOT EXISTS ids (line INTEGER PRIMARY KEY, id TEXT)")
+        except sqlite3.Error as exc:
+            raise local_write_error(path, OSError(str(exc)), "the earlier rows' ids") from exc
+
+    def fill(self, acked: Iterable[tuple[list[int], list[str]]]) -> None:
+        try:
+            self._db.execute("BEGIN")
+            for lines, ids in acked:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO ids VALUES (?, ?)", zip(lines, ids, strict=True)
+                )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise local_write_error(self.path, OSError(str(exc)), "the earlier rows' ids") from exc
+
+    def of(self, lines: list[int]) -> dict[int, str]:
+        """The ids of `lines` that have one (consecutive lines of a chunk: one range query)."""
+        rows = self._db.execute(
+            "SELECT line, id FROM ids WHERE line BETWEEN ? AND ?", (min(lines), max(lines))
+        )
+        return {int(line): str(value) for line, value in rows}
+
+    def close(self) -> None:
+        self._db.close()
 
 
 class Spool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS acks (
     dataflow TEXT NOT NULL,
     sha256 TEXT NOT NULL,
     lines BLOB NOT NULL,
+    ids TEXT,  -- JSON: the API's id of each line, with `result_file: all` only (else NULL)
     failures TEXT
 );
 CREATE INDEX IF NOT EXISTS acks_by_file ON acks (dataflow, sha256);
@@ -62,6 +63,7 @@ COLUMNS = (
     ("progress", "send_no", "INTEGER NOT NULL DEFAULT 0"),
     ("progress", "retry_of", "TEXT"),  # a retry's original lineage
     ("progress", "error_digests", "TEXT"),  # JSON: the SHA-256 of each protected upload
+    ("acks", "ids", "TEXT"),  # JSON: the API's ids of the lines (result_file: all)
 )
 
 
@@ -187,33 +189,51 @@ class Checkpoints:
         ).fetchone()
         return int(row[0] or 0)
 
-    def ack(self, key: str, results: Sequence[RecordResult]) -> None:
+    def ack(self, key: str, results: Sequence[RecordResult], with_ids: bool = False) -> None:
         """Commit one request's results (one transaction, before anything else happens);
-        `key` is the send's (`Progress.key`). `Accepted` (every row accepted) goes as is."""
+        `key` is the send's (`Progress.key`). `Accepted` (every row accepted) goes as is.
+        `with_ids` (a result file lists every row) keeps the API's ids of the lines too, so
+        that a resumed run can still write them (`acked_ids`)."""
         failures: list[list[Any]] = []
         if isinstance(results, Accepted):
             lines = np.asarray(results.lines, dtype=np.int64)
+            ids = [results.api_id(position) for position in range(len(lines))] if with_ids else []
         else:
             lines = np.array([r.line_no for r in results], dtype=np.int64)
             failures = [[r.line_no, r.status_code, r.message] for r in results if not r.ok]
-        row = (self.dataflow, key, lines.tobytes(), json.dumps(failures) if failures else None)
+            ids = [r.api_id for r in results] if with_ids else []
+        row = (
+            self.dataflow, key, lines.tobytes(), json.dumps(failures) if failures else None,
+            json.dumps(ids) if with_ids else None,
+        )  # fmt: skip
         lease = self.lease()
         if lease is None:
             with self.guard():
                 self.db.execute(
-                    "INSERT INTO acks (dataflow, sha256, lines, failures) VALUES (?, ?, ?, ?)", row
+                    "INSERT INTO acks (dataflow, sha256, lines, failures, ids) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    row,
                 )
             return
         # the fence checked by the insert itself: one statement, atomic on its own, instead of
         # a transaction around a check and the insert (four statements; issue 11)
         share = " FOR SHARE" if getattr(self.db, "postgres", False) else ""
         inserted = self.db.execute(
-            "INSERT INTO acks (dataflow, sha256, lines, failures) SELECT ?, ?, ?, ? WHERE EXISTS "
+            "INSERT INTO acks (dataflow, sha256, lines, failures, ids) SELECT ?, ?, ?, ?, ? "
+            "WHERE EXISTS "
             f"(SELECT 1 FROM leases WHERE dataflow = ? AND name = ? AND fence = ?{share})",
             (*row, lease.dataflow, lease.name, lease.fence),
         )
         if inserted.rowcount != 1:
             raise lost(lease)
+
+    def acked_ids(self, key: str) -> Iterator[tuple[list[int], list[str]]]:
+        """The lines acknowledged with their ids (`ack(with_ids=True)`), request by request."""
+        for blob, ids in self.db.execute(
+            "SELECT lines, ids FROM acks WHERE dataflow = ? AND sha256 = ? AND ids IS NOT NULL",
+            (self.dataflow, key),
+        ):
+            yield np.frombuffer(blob, dtype=np.int64).tolist(), json.loads(ids)
 
     def error_file(self, key: str, *, name: str | None = None, path: str | None = None) -> None:
         column, value = ("error_name", name) if name is not None else ("error_path", path)

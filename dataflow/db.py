@@ -209,6 +209,7 @@ def metadata() -> sa.MetaData:
         _text("sha256", nullable=False),
         sa.Column("lines", sa.LargeBinary, nullable=False),
         _text("failures"),
+        _text("ids"),
         sa.Index("acks_by_file", "dataflow", "sha256"),
     )
     sa.Table(
@@ -279,6 +280,7 @@ ADDED_COLUMNS = (
     (3, "shard_sets", "chunk_bytes", "BIGINT"),
     (3, "shard_sets", "parse", "TEXT"),
     (4, "progress", "error_digests", "TEXT"),
+    (4, "acks", "ids", "TEXT"),
     (4, "shards", "stops", "BIGINT"),
     (4, "shards", "stopped", "TEXT"),
 )

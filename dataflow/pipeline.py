@@ -303,6 +303,7 @@ async def _send_rows(
             for future in ahead:
                 if not future.cancelled():
                     future.exception()  # retrieved: its error (if any) is the file's, dropped
+        accounts.close()
     if STOP.is_set():
         raise Stopped(
             f"stopped before the file was finished; {accounts.acknowledged} acknowledged row(s)"

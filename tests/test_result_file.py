@@ -86,3 +86,22 @@ def test_default_result_file_is_the_error_file_only(bed: Bed) -> None:
     code, report, stderr = bed.run_json(bed.config())
     assert code == 0, stderr
     assert report["files"][0]["error_file"] is None  # nothing to report, nothing written
+
+
+def test_rows_accepted_before_a_crash_keep_their_ids_in_the_result_file(bed: Bed) -> None:
+    customers = list(range(7200, 7260))
+    lines = [f"BADGE-GOLD,{c},16/11/2026 09:30,1798761600" for c in customers]
+    bed.sftp.put(f"inbox/{NAME}", bed.keys.encrypt(("\n".join([HEADER, *lines]) + "\n").encode()))
+    config = bed.config(source={"result_file": "all"}, sink={"batch_size": 10, "concurrency": 1})
+    killed = bed.run("run", str(config), "--json", env={"DATAFLOW_CRASH_AT": "acked:3"})
+    assert killed.returncode == -9, killed.stderr  # 30 rows acknowledged, then kill -9
+    code, report, stderr = bed.run_json(config)
+    assert code == 0, stderr
+    (f,) = report["files"]
+    assert (f["rows_total"], f["rows_succeeded"], f["rows_failed"]) == (60, 60, 0)
+    ids = dict(httpx.get(f"{bed.api.url}/__emulator/received", timeout=10).json()["earned_ids"])
+    rows = result_rows(bed, f)
+    assert len(rows) == 60
+    for row in rows:  # the 30 of the killed run too: their ids were checkpointed
+        assert row["outcome"] == "succeeded"
+        assert row["api_id"] == str(ids[int(row["customer_id"])]), row
