@@ -237,9 +237,7 @@ def test_retry_of_an_unknown_lineage_says_so(bed: Bed) -> None:
 def test_an_older_state_directory_gains_the_new_columns(tmp_path: Path) -> None:
     """A ledger.db written before sends again were numbered opens, keeps its history, and
     its interrupted checkpoint (keyed by the content hash) still resumes."""
-    new_columns = re.compile(
-        r"^\s*(send_no|retry_of|content|error_digests|ids) .*\n", re.MULTILINE
-    )
+    new_columns = re.compile(r"^\s*(send_no|retry_of|content|error_digests|ids) .*\n", re.MULTILINE)
     old = new_columns.sub("", SCHEMA + CHECKPOINT_SCHEMA)
     assert "send_no" not in old
     db = sqlite3.connect(tmp_path / "ledger.db")
