@@ -143,6 +143,9 @@ def _accuracy(files: list[dict[str, Any]]) -> str:
 
 def page(site: Site, dataflow: str | None, limit: int) -> str:
     ledger = site.ledger()
+    where = (
+        f"state database {ledger.where}" if ledger.postgres else f"state directory {ledger.where}"
+    )
     try:
         names = [r["dataflow"] for r in ledger.select("SELECT DISTINCT dataflow FROM runs")]
         next_runs = site.next_runs()
@@ -154,7 +157,7 @@ def page(site: Site, dataflow: str | None, limit: int) -> str:
         ledger.close()
     body = [
         "<h1>dataflow — run history</h1>",
-        f'<p class="meta">state directory {e(site.directory)} · generated '
+        f'<p class="meta">{e(where)} · generated '
         f"{e(datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC'))}</p>",
         _dataflows_table(names, next_runs, last),
         _filter_form(names, dataflow, limit),

@@ -361,3 +361,18 @@ def test_a_run_with_the_state_in_postgresql_reports_as_with_sqlite(bed: Bed, pg_
     ) as conn:  # fmt: skip
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone() == (2,)
         assert conn.execute("SELECT COUNT(*) FROM progress").fetchone() == (0,)
+
+
+def test_the_page_names_the_state_it_reads_without_the_password(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataflow import web
+
+    monkeypatch.setenv("DATAFLOW_STATE_URL", pg_url)
+    html = web.page(web.Site(tmp_path), None, 10)
+    assert f"state database {db.shown(pg_url)}" in html
+    assert str(tmp_path) not in html and "state directory" not in html
+    password = sa.make_url(pg_url).password
+    assert not password or password not in html
+    monkeypatch.delenv("DATAFLOW_STATE_URL")
+    assert f"state directory {tmp_path}" in web.page(web.Site(tmp_path), None, 10)
