@@ -70,6 +70,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from dataflow.block import BlockConfig, OnResult, Sink, Template
 from dataflow.errors import ApiDown, AuthError, FatalError
 from dataflow.httpauth import Auth, BasicAuth, BasicConfig, OAuthConfig, OAuthToken
+from dataflow.jsonbody import NOT_JSON
+from dataflow.jsonbody import read as read_json
 from dataflow.ratelimit import RetryPolicy, SlidingWindow, backoff, retry_after
 from dataflow.rows import RecordResult, Request
 from dataflow.shutdown import STOP
@@ -451,7 +453,7 @@ class HttpWrite(Sink):
         return request.fail(str(status), message)
 
 
-_NOT_JSON: Any = object()  # a body that did not parse as JSON
+_NOT_JSON: Any = NOT_JSON  # a body that did not parse as JSON (dataflow.jsonbody)
 
 
 class _StopRequested(Exception):
@@ -480,59 +482,9 @@ def _is_envelope(payload: Any) -> bool:
 
 
 def _json(content: bytes) -> Any:
-    """The parsed body: None when empty, `_NOT_JSON` when it is not JSON (RFC 8259: UTF-8,
-    no NaN, no trailing comma). orjson reads it; what orjson refuses only for a number beyond
-    a double (an exponent like 1e400 in a warning, a 400-digit integer) is read by the
-    standard library, so such a number does not make an answer unreadable, and the struct
-    decoder (templates.accept_import_answer, which skips fields unread) agrees with it."""
-    import orjson
-
-    try:
-        return orjson.loads(content) if content else None
-    except orjson.JSONDecodeError:
-        return _strict_json(content)
-
-
-def _strict_json(content: bytes) -> Any:
-    import json
-
-    try:
-        payload = json.loads(
-            content.decode(),  # strict UTF-8, unlike json.loads of bytes (which guesses)
-            parse_constant=_no_constant,
-            parse_int=_integer,
-        )
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
-        return _NOT_JSON
-    return payload if _all_text(payload) else _NOT_JSON
-
-
-def _all_text(payload: Any) -> bool:
-    """No lone surrogate (a `\\ud800` escape) in any key or text: orjson refuses them, and
-    such a value could not be written to a UTF-8 file."""
-    pending = [payload]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, dict):
-            pending.extend(value.keys())
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-        elif isinstance(value, str) and not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                return False
-    return True
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _integer(text: str) -> Any:
-    """An integer literal; past Python's 4300-digit limit for int(), the float it is (inf)."""
-    return int(text) if len(text) <= 4300 else float(text)
+    """The parsed body: None when empty, `_NOT_JSON` when it is not JSON (`dataflow.jsonbody`:
+    a number beyond a double does not make an answer unreadable)."""
+    return read_json(content)
 
 
 def _snippet(response: Response) -> str:

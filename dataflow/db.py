@@ -429,6 +429,30 @@ class Store:
         except self._errors as exc:
             raise self.on_error(exc) from exc
 
+    def stream(
+        self, sql: str, parameters: Sequence[Any] = (), /, size: int = 100
+    ) -> Iterator[tuple[Any, ...]]:
+        """The rows of a query, `size` at a time, never all in memory (`execute` fetches
+        them all). On PostgreSQL a server-side cursor, in a transaction of its own: not for
+        use inside another transaction."""
+        if self._sqlite is not None:
+            try:
+                cursor = self._sqlite.execute(sql, tuple(parameters))
+                while rows := cursor.fetchmany(size):
+                    yield from rows
+            except sqlite3.Error as exc:
+                raise self.on_error(exc) from exc
+            return
+        self.begin()
+        done = False
+        try:
+            self.execute(f"DECLARE dataflow_rows NO SCROLL CURSOR FOR {sql}", parameters)
+            while rows := self.execute(f"FETCH {int(size)} FROM dataflow_rows").fetchall():
+                yield from rows
+            done = True
+        finally:
+            self.execute("COMMIT" if done else "ROLLBACK")
+
     def script(self, sql: str) -> None:
         """A SQLite script (the schema of ``ledger.db``)."""
         assert self._sqlite is not None, "a script runs on SQLite only"

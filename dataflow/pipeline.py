@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import shutil
@@ -416,11 +417,16 @@ async def upload_error_file(
         checkpoints.error_digest(progress, await asyncio.to_thread(sha256_of, local))
         earlier = tuple(progress.error_digests)
     upload = functools.partial(chain.source.upload_error_file, local, name)
-    if earlier:  # only then: a source written before `earlier` existed works as it did
-        upload = functools.partial(upload, earlier=earlier)
+    if earlier and _takes_earlier(chain.source):  # a source written before `earlier` existed
+        upload = functools.partial(upload, earlier=earlier)  # uploads as it did (a crash
+        # after its rename may then leave a second, suffixed copy of an encrypted file)
     report.error_file = await asyncio.to_thread(upload)
     checkpoints.error_file(progress.key, path=report.error_file)
     return True
+
+
+def _takes_earlier(source: Source) -> bool:
+    return "earlier" in inspect.signature(source.upload_error_file).parameters
 
 
 def protect_output(chain: Chain, local: Path, name: str) -> tuple[Path, str]:

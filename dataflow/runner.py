@@ -144,11 +144,7 @@ def _sharded_elsewhere(dataflow: Dataflow, report: RunReport, ledger: Ledger, mo
     if not sets:
         return False
     stalled = [one for one in sets if one["stalled"]]
-    if stalled:  # the run fails, is recorded and alerts: someone must act
-        ledger.start_run(report)
-        report.reason = "; ".join(shards.stalled_reason(one) for one in stalled)
-        log.error("%s", report.reason)
-    else:
+    if not stalled:
         names = ", ".join(
             f"{one['name']} ({len(one['pending'])} of {one['shards']} shards left)" for one in sets
         )
@@ -158,12 +154,18 @@ def _sharded_elsewhere(dataflow: Dataflow, report: RunReport, ledger: Ledger, mo
             "done, the other files wait for the next run after it"
         )
         log.warning("%s", report.reason)
-    if isinstance(mode.shards, shards.Sharder):
-        shards.enqueue_orphans(ledger, dataflow.name, sets, mode.shards)
-    report.finished_at = now_iso()
-    report.settle()
-    if stalled:
-        ledger.finish_run(report)
+    else:  # the run fails, is recorded and alerts: someone must act
+        ledger.start_run(report)
+        report.reason = "; ".join(shards.stalled_reason(one) for one in stalled)
+        log.error("%s", report.reason)
+    try:
+        if isinstance(mode.shards, shards.Sharder):
+            shards.enqueue_orphans(ledger, dataflow.name, sets, mode.shards)
+    finally:
+        report.finished_at = now_iso()
+        report.settle()
+        if stalled:
+            ledger.finish_run(report)
     return True
 
 

@@ -214,29 +214,43 @@ def record_split(
 
 def active(ledger: Ledger, dataflow: str) -> list[dict[str, Any]]:
     """The shard sets of `dataflow` still in progress, with their pending shards and, in
-    ``stalled``, those of them that stopped on an error `STALLED_AFTER` times or more."""
+    ``stalled``, the shards no worker holds now that stopped on an error `STALLED_AFTER`
+    times or more in a row: pending ones (sending) or done ones (finishing the file)."""
     sets = ledger.select(
         "SELECT * FROM shard_sets WHERE dataflow = ? AND state = 'running'", (dataflow,)
     )
     for one in sets:
-        pending = ledger.select(
-            "SELECT shard_no, stops, stopped FROM shards WHERE dataflow = ? AND send_key = ? "
-            "AND state = 'pending' ORDER BY shard_no",
+        shards = ledger.select(
+            "SELECT shard_no, state, stops, stopped FROM shards WHERE dataflow = ? AND "
+            "send_key = ? ORDER BY shard_no",
             (dataflow, one["send_key"]),
         )
-        one["pending"] = [int(r["shard_no"]) for r in pending]
-        one["stalled"] = [r for r in pending if int(r["stops"] or 0) >= STALLED_AFTER]
+        one["pending"] = [int(r["shard_no"]) for r in shards if r["state"] == "pending"]
+        stopping = [r for r in shards if int(r["stops"] or 0) >= STALLED_AFTER]
+        if stopping and leases.live(ledger.store, dataflow, finish_lease_name(one["name"])):
+            stopping = []  # a worker is finishing the file now
+        one["stalled"] = [
+            r
+            for r in stopping
+            if not leases.live(ledger.store, dataflow, lease_name(one["name"], r["shard_no"]))
+        ]
     return sets
 
 
 def record_stop(ledger: Ledger, dataflow: str, key: str, number: int, error: str) -> None:
-    """Count a delivery of shard `number` that stopped on `error` (kept for the runs of the
-    dataflow, which report a shard that keeps stopping: `stalled`). Best effort: a state
-    that cannot be written is what stopped the shard, and its worker has logged it."""
+    """Count a delivery of shard `number` that stopped on `error`, sending its rows or
+    finishing the file (kept for the runs of the dataflow, which report a shard that keeps
+    stopping: `active`'s ``stalled``). Best effort: a state that cannot be written is what
+    stopped the shard, and its worker has logged it."""
     with contextlib.suppress(FatalError):
+        where = "WHERE dataflow = ? AND send_key = ? AND shard_no = ?"
+        (state,) = ledger.store.execute(
+            f"SELECT state FROM shards {where}", (dataflow, key, number)
+        )
+        if state[0] == "done":  # it was finishing the file: counted on the set's first row,
+            number = 0  # whichever shard's delivery finishes (see `stalled_reason`)
         ledger.store.execute(
-            "UPDATE shards SET stops = COALESCE(stops, 0) + 1, stopped = ? "
-            "WHERE dataflow = ? AND send_key = ? AND shard_no = ? AND state = 'pending'",
+            f"UPDATE shards SET stops = COALESCE(stops, 0) + 1, stopped = ? {where}",
             (redact(error)[:MESSAGE_CHARS], dataflow, key, number),
         )
 
@@ -244,7 +258,12 @@ def record_stop(ledger: Ledger, dataflow: str, key: str, number: int, error: str
 def stalled_reason(one: Mapping[str, Any]) -> str:
     """What a run of the dataflow says of a set whose shards keep stopping, and what to do."""
     stops = "; ".join(
-        f"shard {r['shard_no']} of {one['shards']} stopped {r['stops']} times, last: {r['stopped']}"
+        (
+            f"shard {r['shard_no']} of {one['shards']} stopped {r['stops']} times"
+            if r["state"] == "pending"
+            else f"finishing the file stopped {r['stops']} times"
+        )
+        + f", last: {r['stopped']}"
         for r in one["stalled"]
     )
     return (
@@ -499,7 +518,8 @@ async def _send_shard(
             db.execute(
                 "UPDATE shards SET state = 'done', rows_total = ?, rows_filtered = ?, "
                 "rows_rejected = ?, rows_sent = ?, rows_succeeded = ?, rows_failed = ?, "
-                "error_rows = ?, errors = NULL, summary = ?, failed = ?, owner = ? "
+                "error_rows = ?, errors = NULL, summary = ?, failed = ?, owner = ?, "
+                "stops = NULL, stopped = NULL "  # sent: only its finishing may stop now
                 "WHERE dataflow = ? AND send_key = ? AND shard_no = ? AND state = 'pending'",
                 (
                     *(getattr(report, f"rows_{n}") for n in COUNTS), errors.rows,

@@ -33,6 +33,7 @@ Adding a template is one `Template(...)` value registered in `TEMPLATES`; see do
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -597,8 +598,9 @@ def _bulk_verdict(
 
 def _customer_key(value: Any) -> Any:
     """customerId as sent (an int), also when the answer spells it as a string."""
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # not "²": a digit
+        with contextlib.suppress(ValueError):  # to isdigit(), not to int(); nor 5000 digits
+            return int(value)
     return value
 
 

@@ -161,6 +161,32 @@ def test_checkpoints_resume_and_are_forgotten_when_the_file_finishes(open_ledger
         ledger.close()
 
 
+def test_ids_and_digests_are_kept_with_the_checkpoint_and_read_a_few_at_a_time(
+    open_ledger: Open,
+) -> None:
+    ledger = open_ledger()
+    try:
+        checkpoints = ledger.checkpoints("flow")
+        progress = checkpoints.open("cc", "c.csv")
+        for request in range(250):  # more than one FETCH of the server-side cursor
+            lines = range(2 + 3 * request, 5 + 3 * request)
+            checkpoints.ack("cc", [RecordResult(n, True, api_id=f"id{n}") for n in lines], True)
+        checkpoints.ack("cc", [RecordResult(900, True, api_id="x")])  # no result file: no ids
+        checkpoints.error_digest(progress, "d" * 64)
+        got = list(checkpoints.acked_ids("cc"))
+        assert len(got) == 250 and all(len(lines) == len(ids) == 3 for lines, ids in got)
+        assert {n: i for lines, ids in got for n, i in zip(lines, ids, strict=True)} == {
+            n: f"id{n}" for n in range(2, 752)
+        }
+        partial = checkpoints.acked_ids("cc")
+        next(partial)
+        partial.close()  # abandoned half-way: its transaction ends, the ledger goes on
+        assert ledger.store.execute("SELECT 1").fetchone() == (1,)
+        assert checkpoints.open("cc", "c.csv").error_digests == ["d" * 64]
+    finally:
+        ledger.close()
+
+
 def test_a_failed_transaction_changes_nothing(open_ledger: Open) -> None:
     ledger = open_ledger()
     try:

@@ -32,6 +32,7 @@ from dataflow.shards import (
     STALLED_AFTER,
     Sharder,
     assemble_errors,
+    lease_name,
     pack_failed,
     run_shard,
     store_errors,
@@ -350,6 +351,17 @@ def test_a_shard_that_keeps_stopping_fails_the_runs_until_its_file_is_put_back(
     assert "cannot be finished" in post["reason"]
     (failed,) = [r for r in history(bed, env) if r["run_id"] == later.run_id]
     assert failed["status"] == "failure" and "cannot be finished" in failed["reason"]
+    # while a worker holds the shard (sending it, say after the file came back): no failure
+    ledger = Ledger()
+    try:
+        held = ledger.claim_file("flow-big", lease_name("badges_big.csv.gpg", 1), "w9", 60)
+        assert held is not None
+        waiting = runner.run(load_dataflow(config), shards=sharder)
+        assert waiting.skipped and waiting.status == "no_files", waiting.reason
+        ledger.release(held)
+    finally:
+        ledger.close()
+    assert len(receiver.accepted()) == 1
 
     # the original put back: the shard is sent, the file finished once, the runs recover
     bed.sftp.put("inbox/badges_big.csv.gpg", original)
@@ -359,3 +371,27 @@ def test_a_shard_that_keeps_stopping_fails_the_runs_until_its_file_is_put_back(
     assert after.status == "no_files" and not after.skipped
     wait_until(lambda: len(receiver.accepted()) >= 3, 30)
     assert [p["event"] for p in receiver.accepted()] == ["failure", "partial", "recovered"]
+
+
+def test_a_finish_that_keeps_stopping_fails_the_runs_with_its_reason(
+    bed: Bed, pg_url: str, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
+) -> None:
+    channel = {"type": "webhook", "url": receiver.url}
+    alerts = {"events": ["failure"], "channels": [channel]}
+    config, sharder, queued = split_in_process(bed, pg_url, monkeypatch, alerts)
+
+    def failing_move(self: SftpRead, file: RemoteFile, failed: bool) -> str:
+        raise FatalError("the processed directory cannot be written (injected)")
+
+    monkeypatch.setattr(SftpRead, "move_original", failing_move)
+    assert celery_app.shard_task(*queued[1]) == "stopped"  # sent, then its finish stopped
+    for _ in range(STALLED_AFTER - 1):
+        later = runner.run(load_dataflow(config), shards=sharder)
+        assert later.skipped, later.reason  # the finish enqueued again (shard 0's delivery)
+        assert celery_app.shard_task(*queued[-1]) == "stopped"
+    later = runner.run(load_dataflow(config), shards=sharder)
+    assert later.status == "failure", later.reason
+    assert f"finishing the file stopped {STALLED_AFTER} times" in later.reason
+    assert "the processed directory cannot be written" in later.reason
+    wait_until(lambda: len(receiver.accepted()) >= 1, 30)
+    assert [p["event"] for p in receiver.accepted()] == ["failure"]

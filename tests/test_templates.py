@@ -225,3 +225,12 @@ C12_ERR = {"customerId": 12, "issuedId": None, "error": {"code": 810, "message":
 def test_bulk_answers(status: int, payload: object, expected: list[tuple[str, ...]]) -> None:
     results = EARN_BADGES_BULK.parse_response(bulk_request(), status, payload)
     assert verdicts(results) == expected
+
+
+def test_a_customer_id_spelled_as_text_is_read_as_the_number_sent() -> None:
+    from dataflow.templates import _customer_key
+
+    assert _customer_key("1002") == 1002 and _customer_key(1002) == 1002
+    # digits to str.isdigit() that int() refuses stay as they are: no error from a verdict
+    assert _customer_key("²") == "²" and _customer_key("١٢") == "١٢"
+    assert _customer_key("9" * 5000) == "9" * 5000

@@ -279,6 +279,10 @@ RAW_ELEMENTS: list[bytes] = [orjson.dumps(element) for element in IMPORT_ELEMENT
     b'{"data":{"earnedBadgeId":14},"extra":{"a":1,}}',  # a trailing comma where skipped
     b'{"data":{"earnedBadgeId":15},"extra":[1.]}',  # a number cut short
     b'{"data":{"earnedBadgeId":16},"extra":"\x01"}',  # a control character in a text
+    # beyond a double and deep: the parsed path reads it in a thread of its own, whose stack
+    # leaves it at least the nesting budget the struct decoder had (a review's find)
+    b'{"data":{"earnedBadgeId":17},"w":1e400,"x":' + b"[" * 990 + b"]" * 990 + b"}",
+    b'{"data":{"earnedBadgeId":18},"w":1' + b"0" * 5000 + b',"x":' + b"[" * 990 + b"]" * 990 + b"}",
 ]
 
 
