@@ -134,7 +134,9 @@ def test_a_download_cut_and_started_again_is_decrypted_once_and_every_row_is_sen
 
 
 def test_a_file_that_is_not_pgp_is_rejected_as_before(bed: Bed) -> None:
-    bed.sftp.put("inbox/badges_x.csv.gpg", os.urandom(40 << 20))
+    # random bytes after a first byte that is no packet tag (its top bit clear): gpg finds no
+    # OpenPGP data at once (random bytes alone can pass for a packet, then fail otherwise)
+    bed.sftp.put("inbox/badges_x.csv.gpg", b"\x00" + os.urandom((40 << 20) - 1))
     result = bed.run("run", str(bed.config()), "--json")
     assert result.returncode == 1, result.stderr
     (f,) = json.loads(result.stdout)["files"]
