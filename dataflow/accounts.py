@@ -18,6 +18,7 @@ checkpointed whole, with no work per row unless a result file lists every row.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ class Accounts:
         self.earlier_ids: IdSpool | None = None  # their ids, for a result file
         if self.errors.all_rows and self.checkpoints is not None and self.confirmed:
             self.earlier_ids = IdSpool(self.errors.path.with_name("earlier_ids.sqlite"))
-            self.earlier_ids.fill(self.checkpoints.acked_ids(self.progress.key))
+            # closed even when filling fails: its read (a transaction on PostgreSQL) ends here
+            with contextlib.closing(self.checkpoints.acked_ids(self.progress.key)) as acked:
+                self.earlier_ids.fill(acked)
 
     def take_chunk(self, chunk: Chunk, done: pd.DataFrame) -> None:
         """Count a chunk's rows; its rejected rows and those resolved earlier are written."""

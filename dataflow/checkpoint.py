@@ -22,9 +22,10 @@ worker that lost its lease changes nothing (`LeaseLost`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -227,15 +228,17 @@ class Checkpoints:
         if inserted.rowcount != 1:
             raise lost(lease)
 
-    def acked_ids(self, key: str) -> Iterator[tuple[list[int], list[str]]]:
+    def acked_ids(self, key: str) -> Generator[tuple[list[int], list[str]], None, None]:
         """The lines acknowledged with their ids (`ack(with_ids=True)`), request by request,
         read a few requests at a time (a 5 M-row file holds about 100 MB of them)."""
         stream = getattr(self.db, "stream", None) or self.db.execute  # a bare sqlite3 one
-        for blob, ids in stream(
+        rows = stream(
             "SELECT lines, ids FROM acks WHERE dataflow = ? AND sha256 = ? AND ids IS NOT NULL",
             (self.dataflow, key),
-        ):
-            yield np.frombuffer(blob, dtype=np.int64).tolist(), json.loads(ids)
+        )
+        with contextlib.closing(rows) if hasattr(rows, "close") else nullcontext(rows):
+            for blob, ids in rows:
+                yield np.frombuffer(blob, dtype=np.int64).tolist(), json.loads(ids)
 
     def error_file(self, key: str, *, name: str | None = None, path: str | None = None) -> None:
         column, value = ("error_name", name) if name is not None else ("error_path", path)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -443,15 +444,27 @@ class Store:
             except sqlite3.Error as exc:
                 raise self.on_error(exc) from exc
             return
+        if not self._idle():  # inside the caller's transaction: its BEGIN/COMMIT are not ours
+            yield from self.execute(sql, parameters).fetchall()
+            return
+        name = f"dataflow_rows_{uuid.uuid4().hex}"
         self.begin()
         done = False
         try:
-            self.execute(f"DECLARE dataflow_rows NO SCROLL CURSOR FOR {sql}", parameters)
-            while rows := self.execute(f"FETCH {int(size)} FROM dataflow_rows").fetchall():
+            self.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}", parameters)
+            while rows := self.execute(f"FETCH {int(size)} FROM {name}").fetchall():
                 yield from rows
             done = True
         finally:
             self.execute("COMMIT" if done else "ROLLBACK")
+
+    def _idle(self) -> bool:
+        """True when the PostgreSQL connection is in no transaction."""
+        import psycopg
+
+        raw = self.connection.connection.dbapi_connection
+        status = getattr(getattr(raw, "info", None), "transaction_status", None)
+        return bool(status == psycopg.pq.TransactionStatus.IDLE)
 
     def script(self, sql: str) -> None:
         """A SQLite script (the schema of ``ledger.db``)."""

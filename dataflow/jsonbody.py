@@ -17,8 +17,11 @@ is never too deep here.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 NOT_JSON: Any = object()  # a body that is not JSON
 
@@ -46,6 +49,9 @@ def _again(content: bytes) -> Any:
     except msgspec.ValidationError:  # an integer too long for int(): the standard library
         return _standard(content)
     except (msgspec.DecodeError, RecursionError):
+        return NOT_JSON
+    except Exception as exc:  # MemoryError, say: the body stays unread, and it is said
+        log.error("an answer's body could not be read as JSON: %s", type(exc).__name__)
         return NOT_JSON
 
 

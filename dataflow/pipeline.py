@@ -426,7 +426,8 @@ async def upload_error_file(
 
 
 def _takes_earlier(source: Source) -> bool:
-    return "earlier" in inspect.signature(source.upload_error_file).parameters
+    parameters = inspect.signature(source.upload_error_file).parameters.values()
+    return any(p.name == "earlier" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def protect_output(chain: Chain, local: Path, name: str) -> tuple[Path, str]:

@@ -158,14 +158,20 @@ def _sharded_elsewhere(dataflow: Dataflow, report: RunReport, ledger: Ledger, mo
         ledger.start_run(report)
         report.reason = "; ".join(shards.stalled_reason(one) for one in stalled)
         log.error("%s", report.reason)
-    try:
-        if isinstance(mode.shards, shards.Sharder):
+    if isinstance(mode.shards, shards.Sharder):
+        try:
             shards.enqueue_orphans(ledger, dataflow.name, sets, mode.shards)
-    finally:
-        report.finished_at = now_iso()
-        report.settle()
-        if stalled:
-            ledger.finish_run(report)
+        except StateError:
+            raise
+        except Exception as exc:  # the broker down, say: said, and the run is recorded
+            why = f"the shards nobody sends could not be enqueued again: {redact(str(exc))}"
+            log.error("%s", why)
+            if stalled:
+                report.reason = f"{report.reason}; {why}"
+    report.finished_at = now_iso()
+    report.settle()
+    if stalled:
+        ledger.finish_run(report)
     return True
 
 

@@ -226,7 +226,12 @@ def active(ledger: Ledger, dataflow: str) -> list[dict[str, Any]]:
             (dataflow, one["send_key"]),
         )
         one["pending"] = [int(r["shard_no"]) for r in shards if r["state"] == "pending"]
-        stopping = [r for r in shards if int(r["stops"] or 0) >= STALLED_AFTER]
+        stopping = [  # sending, or (all sent) finishing: counted on shard 0 (`record_stop`)
+            r
+            for r in shards
+            if int(r["stops"] or 0) >= STALLED_AFTER
+            and (r["state"] == "pending" or (not one["pending"] and int(r["shard_no"]) == 0))
+        ]
         if stopping and leases.live(ledger.store, dataflow, finish_lease_name(one["name"])):
             stopping = []  # a worker is finishing the file now
         one["stalled"] = [
@@ -242,17 +247,21 @@ def record_stop(ledger: Ledger, dataflow: str, key: str, number: int, error: str
     finishing the file (kept for the runs of the dataflow, which report a shard that keeps
     stopping: `active`'s ``stalled``). Best effort: a state that cannot be written is what
     stopped the shard, and its worker has logged it."""
+    text = redact(error)[:MESSAGE_CHARS]
+    count = "UPDATE shards SET stops = COALESCE(stops, 0) + 1, stopped = ? "
     with contextlib.suppress(FatalError):
-        where = "WHERE dataflow = ? AND send_key = ? AND shard_no = ?"
-        (state,) = ledger.store.execute(
-            f"SELECT state FROM shards {where}", (dataflow, key, number)
+        sending = ledger.store.execute(
+            count + "WHERE dataflow = ? AND send_key = ? AND shard_no = ? AND state = 'pending'",
+            (text, dataflow, key, number),
         )
-        if state[0] == "done":  # it was finishing the file: counted on the set's first row,
-            number = 0  # whichever shard's delivery finishes (see `stalled_reason`)
-        ledger.store.execute(
-            f"UPDATE shards SET stops = COALESCE(stops, 0) + 1, stopped = ? {where}",
-            (redact(error)[:MESSAGE_CHARS], dataflow, key, number),
-        )
+        if sending.rowcount == 0:  # sent: it was finishing the file if every shard is sent
+            # (else a delivery again of a sent shard: nothing of the set's); counted on the
+            # set's shard 0, whichever shard's delivery finishes (see `stalled_reason`)
+            ledger.store.execute(
+                count + "WHERE dataflow = ? AND send_key = ? AND shard_no = 0 AND NOT EXISTS "
+                "(SELECT 1 FROM shards WHERE dataflow = ? AND send_key = ? AND state != 'done')",
+                (text, dataflow, key, dataflow, key),
+            )
 
 
 def stalled_reason(one: Mapping[str, Any]) -> str:

@@ -187,6 +187,23 @@ def test_ids_and_digests_are_kept_with_the_checkpoint_and_read_a_few_at_a_time(
         ledger.close()
 
 
+def test_a_stream_inside_a_transaction_leaves_it_whole(open_ledger: Open) -> None:
+    ledger = open_ledger()
+    try:
+        checkpoints = ledger.checkpoints("flow")
+        checkpoints.open("dd", "d.csv")
+        checkpoints.ack("dd", [RecordResult(2, True, api_id="a")], True)
+        with pytest.raises(RuntimeError), ledger.transaction("flow") as db:
+            db.execute("INSERT INTO counters VALUES ('n', 'flow', 'x', 1)")
+            assert list(checkpoints.acked_ids("dd")) == [([2], ["a"])]
+            db.execute("INSERT INTO counters VALUES ('n', 'flow', 'y', 1)")
+            raise RuntimeError("the transaction fails after the read")
+        # neither write stayed: the read did not commit the caller's transaction half-way
+        assert ledger.select("SELECT * FROM counters WHERE dataflow = 'flow'") == []
+    finally:
+        ledger.close()
+
+
 def test_a_failed_transaction_changes_nothing(open_ledger: Open) -> None:
     ledger = open_ledger()
     try:

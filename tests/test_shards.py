@@ -11,11 +11,20 @@ import json
 import re
 import signal
 import sys
+from pathlib import Path
 
 import sqlalchemy as sa
 
 from dataflow import celery_app, db
-from dataflow.shards import _without_header, plan
+from dataflow.ledger import Ledger
+from dataflow.shards import (
+    STALLED_AFTER,
+    _without_header,
+    active,
+    plan,
+    record_stop,
+    stalled_reason,
+)
 
 from .conftest import Bed, bulk_mapping, wait_until
 from .pgkit import pg_url, postgres
@@ -203,3 +212,38 @@ def test_db_upgrade_adds_the_stop_columns_to_a_schema_3_database(pg_url: str) ->
         ).scalars()
         assert {"stops", "stopped"} <= set(columns)
     engine.dispose()
+
+
+def test_stops_count_against_the_shard_sending_or_the_finish_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    ledger = Ledger(tmp_path)
+    try:
+        ledger.store.execute(
+            "INSERT INTO shard_sets (dataflow, send_key, name, path, sha256, send_no, run_id, "
+            "lineage_id, config_path, shards, state) VALUES ('f', 'k', 'big.csv', '/inbox/big.csv',"
+            " 'ab', 0, 'r1', 'l1', 'f.yaml', 3, 'running')"
+        )
+        for number, state in ((0, "pending"), (1, "done"), (2, "pending")):
+            ledger.store.execute(
+                "INSERT INTO shards (dataflow, send_key, shard_no, chunk_from, state) "
+                "VALUES ('f', 'k', ?, ?, ?)",
+                (number, number, state),
+            )
+        for _ in range(STALLED_AFTER):  # a sent shard delivered again: not the set's problem
+            record_stop(ledger, "f", "k", 1, "the SFTP server is down")
+        (one,) = active(ledger, "f")
+        assert one["pending"] == [0, 2] and one["stalled"] == []
+        for _ in range(STALLED_AFTER):
+            record_stop(ledger, "f", "k", 2, "/inbox/big.csv changed while it was sent")
+        (one,) = active(ledger, "f")
+        assert [r["shard_no"] for r in one["stalled"]] == [2]
+        assert "shard 2 of 3 stopped 3 times, last: /inbox/big.csv changed" in stalled_reason(one)
+        ledger.store.execute("UPDATE shards SET state = 'done', stops = NULL")  # all sent
+        for _ in range(STALLED_AFTER):  # now a delivery that stops is finishing the file
+            record_stop(ledger, "f", "k", 1, "the processed directory cannot be written")
+        (one,) = active(ledger, "f")
+        assert [(r["shard_no"], r["stops"]) for r in one["stalled"]] == [(0, STALLED_AFTER)]
+        assert "finishing the file stopped 3 times" in stalled_reason(one)
+    finally:
+        ledger.close()
