@@ -70,8 +70,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from dataflow.block import BlockConfig, OnResult, Sink, Template
 from dataflow.errors import ApiDown, AuthError, FatalError
 from dataflow.httpauth import Auth, BasicAuth, BasicConfig, OAuthConfig, OAuthToken
-from dataflow.jsonbody import NOT_JSON
-from dataflow.jsonbody import read as read_json
+from dataflow.jsonbody import NOT_JSON as _NOT_JSON  # a body that is not JSON
+from dataflow.jsonbody import read as _json  # None when empty, else the body or _NOT_JSON
 from dataflow.ratelimit import RetryPolicy, SlidingWindow, backoff, retry_after
 from dataflow.rows import RecordResult, Request
 from dataflow.shutdown import STOP
@@ -453,9 +453,6 @@ class HttpWrite(Sink):
         return request.fail(str(status), message)
 
 
-_NOT_JSON: Any = NOT_JSON  # a body that did not parse as JSON (dataflow.jsonbody)
-
-
 class _StopRequested(Exception):
     """Raised just before a request would leave after the stop request: it is not sent."""
 
@@ -479,12 +476,6 @@ async def _pause(seconds: float) -> bool:
 def _is_envelope(payload: Any) -> bool:
     """Capillary's request-level envelope: an object with a non-empty `errors`."""
     return isinstance(payload, dict) and bool(payload.get("errors"))
-
-
-def _json(content: bytes) -> Any:
-    """The parsed body: None when empty, `_NOT_JSON` when it is not JSON (`dataflow.jsonbody`:
-    a number beyond a double does not make an answer unreadable)."""
-    return read_json(content)
 
 
 def _snippet(response: Response) -> str:

@@ -236,7 +236,7 @@ class Checkpoints:
             "SELECT lines, ids FROM acks WHERE dataflow = ? AND sha256 = ? AND ids IS NOT NULL",
             (self.dataflow, key),
         )
-        with contextlib.closing(rows) if hasattr(rows, "close") else nullcontext(rows):
+        with contextlib.closing(rows):  # a generator, or a bare sqlite3 cursor
             for blob, ids in rows:
                 yield np.frombuffer(blob, dtype=np.int64).tolist(), json.loads(ids)
 

@@ -144,7 +144,9 @@ def _accuracy(files: list[dict[str, Any]]) -> str:
 def page(site: Site, dataflow: str | None, limit: int) -> str:
     ledger = site.ledger()
     where = (
-        f"state database {ledger.where}" if ledger.postgres else f"state directory {ledger.where}"
+        f"state database {ledger.where}"
+        if ledger.postgres
+        else f"state directory {ledger.directory}"
     )
     try:
         names = [r["dataflow"] for r in ledger.select("SELECT DISTINCT dataflow FROM runs")]
